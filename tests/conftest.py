@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from trl.agents.server.replica import VLLMReplica, cpu_defaults
+from trl.agents.server.process import ServeAsyncProcess, VLLMReplica, cpu_defaults
 from trl.agents.tiny_model import build
 
 
@@ -20,19 +22,53 @@ SERVE_ARGS = [
 ]
 
 
+@pytest.fixture
+def serve_args() -> list[str]:
+    return list(SERVE_ARGS)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     return str(build(tmp_path_factory.mktemp("tiny-model")))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm_server(tiny_model_dir, tmp_path_factory):
     """vLLM's own OpenAI server on the tiny model, as a subprocess on a free port (about 40 s to start)."""
     log = tmp_path_factory.mktemp("logs") / "vllm.log"
-    replica = VLLMReplica(tiny_model_dir, args=[*SERVE_ARGS, *cpu_defaults(SERVE_ARGS)], log_path=log)
-    replica.start()
-    try:
-        replica.wait_ready(timeout=300)
+    with VLLMReplica(tiny_model_dir, args=[*SERVE_ARGS, *cpu_defaults(SERVE_ARGS)], log_path=log) as replica:
         yield replica
-    finally:
-        replica.stop()
+
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm must not try to download its price list
+
+API_TOKEN = "test-token"  # the gateway fixture protects its control endpoints with this bearer token
+
+
+@pytest.fixture
+def auth() -> dict[str, str]:
+    """Headers that pass the gateway fixture's control-endpoint check."""
+    return {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def gateway(tiny_model_dir, tmp_path_factory):
+    """`trl vllm-serve-async` with 2 CPU replicas of the tiny model, as users start it (about 40 s to start)."""
+    logs = tmp_path_factory.mktemp("gateway-logs")
+    server = ServeAsyncProcess(
+        tiny_model_dir,
+        name="vllm-serve-async",
+        args=[
+            "--data-parallel-size", "2",
+            "--api-token", API_TOKEN,
+            "--log-dir", str(logs),
+            "--reasoning-parser", "qwen3",  # reasoning split from content, as with real Qwen3 models
+            # the tests force reasoning + tool calls with a regex: apply it inside <think> too
+            "--structured-outputs-config", '{"enable_in_reasoning": true}',
+            *SERVE_ARGS,
+        ],
+        log_path=logs / "launcher.log",
+        startup_timeout=400,
+    )  # fmt: skip
+    with server:
+        yield server

@@ -1,11 +1,28 @@
 """`trl vllm-serve-async`: start N vLLM replicas, wait until all are healthy, serve the gateway in front.
 
-Not here: the gateway's routes and recording (`gateway.py`), the replica process itself (`replica.py`).
+Each replica is vLLM's own OpenAI server (`process.py`) on its own port of 127.0.0.1, with the flags the gateway
+needs (`--enable-scale-out` for render/generate/derender; `VLLM_SERVER_DEV_MODE=1` for pause and weight transfer)
+plus every flag of the command line this module does not know, passed through unchanged. On GPUs replica i gets
+the i-th group of `--tensor-parallel-size` devices; on the CPU build replica i is bound to core i (vLLM's automatic
+binding would put every replica on the same core). Beside them runs one vLLM render server (`vllm launch render`,
+no engine) with the same flags: the gateway renders and parses there, so those short calls never queue behind a
+replica's busy event loop. Ctrl-C or SIGTERM stops every child process.
+
+Not here: what the gateway does (`gateway.py`).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .process import RenderServer, ReplicaError, ServerProcess, VLLMReplica, cpu_defaults, is_cpu_build
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -26,9 +43,124 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--startup-timeout", type=float, default=600.0, help="seconds to wait for every replica to become healthy"
     )
+    parser.add_argument("--log-dir", default=None, help="folder for replica logs (default: a new temporary folder)")
     return parser
 
 
+def replica_plan(args: argparse.Namespace, vllm_args: list[str], cpu: bool) -> list[dict]:
+    """Name, flags and environment of each replica."""
+    flags = list(vllm_args)
+    if "--enable-scale-out" not in flags:
+        flags.append("--enable-scale-out")
+    if cpu:
+        flags += cpu_defaults(flags)
+    plans = []
+    cores = os.cpu_count() or 1
+    tp = _tensor_parallel_size(vllm_args)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devices = visible.split(",") if visible else [str(i) for i in range(args.data_parallel_size * tp)]
+    for i in range(args.data_parallel_size):
+        env = {}
+        if cpu:
+            if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+                env["VLLM_CPU_OMP_THREADS_BIND"] = str(i % cores)
+        else:
+            group = devices[i * tp : (i + 1) * tp]
+            if len(group) < tp:
+                raise SystemExit(
+                    f"trl vllm-serve-async: {args.data_parallel_size} replicas x tensor parallel {tp} need "
+                    f"{args.data_parallel_size * tp} GPUs, but only {len(devices)} are visible ({devices})"
+                )
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(group)
+        plans.append({"name": f"replica-{i}", "args": flags, "env": env})
+    return plans
+
+
+def _tensor_parallel_size(vllm_args: list[str]) -> int:
+    for i, arg in enumerate(vllm_args):
+        for flag in ("--tensor-parallel-size", "-tp"):
+            if arg == flag and i + 1 < len(vllm_args):
+                return int(vllm_args[i + 1])
+            if arg.startswith(flag + "="):
+                return int(arg.split("=", 1)[1])
+    return 1
+
+
+def start_replicas(replicas: list[ServerProcess], timeout: float) -> None:
+    """Start every replica and wait until all are healthy, printing progress; raise `ReplicaError` on failure."""
+    for replica in replicas:
+        replica.start()
+        print(f"[vllm-serve-async] {replica.name}: starting on {replica.url} (log: {replica.log_path})", flush=True)
+    start = time.monotonic()
+    pending = list(replicas)
+    last_report = 0.0
+    while pending:
+        for replica in list(pending):
+            code = replica.poll()
+            if code is not None:
+                raise ReplicaError(
+                    f"{replica.name} exited with code {code} while starting.\n"
+                    f"Last lines of {replica.log_path}:\n{replica.log_tail()}"
+                )
+            if replica.is_healthy(timeout=1.0):
+                pending.remove(replica)
+                print(f"[vllm-serve-async] {replica.name}: healthy after {time.monotonic() - start:.0f} s", flush=True)
+        elapsed = time.monotonic() - start
+        if pending and elapsed > timeout:
+            names = ", ".join(r.name for r in pending)
+            tails = "\n".join(f"--- {r.name} ({r.log_path}):\n{r.log_tail()}" for r in pending)
+            raise ReplicaError(f"{names} not healthy after {timeout:.0f} s.\n{tails}")
+        if pending and elapsed - last_report >= 10:
+            last_report = elapsed
+            print(f"[vllm-serve-async] waiting for {', '.join(r.name for r in pending)} ({elapsed:.0f} s)", flush=True)
+        time.sleep(0.5)
+
+
 def main(argv: list[str]) -> int:
+    import uvicorn
+
+    from .gateway import GatewayConfig, create_app
+
     args, vllm_args = make_parser().parse_known_args(argv)
-    raise SystemExit("trl vllm-serve-async: the gateway is not built yet (issue 3)")
+    if args.data_parallel_size < 1:
+        raise SystemExit("trl vllm-serve-async: --data-parallel-size must be at least 1")
+    if not 0 < args.port < 65536:
+        raise SystemExit(f"trl vllm-serve-async: --port {args.port} is not a valid port")
+    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="trl-agents-replicas-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    plans = replica_plan(args, vllm_args, is_cpu_build())
+    replicas = [
+        VLLMReplica(
+            args.model, name=plan["name"], args=plan["args"], env=plan["env"], log_path=log_dir / f"{plan['name']}.log"
+        )
+        for plan in plans
+    ]
+    renderer = RenderServer(args.model, name="render", args=plans[0]["args"], log_path=log_dir / "render.log")
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt  # same clean-up path as Ctrl-C
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        start_replicas([*replicas, renderer], args.startup_timeout)
+        config = GatewayConfig(
+            replicas=[(r.name, r.url) for r in replicas], render_url=renderer.url, api_token=args.api_token
+        )
+        print(
+            f"[vllm-serve-async] gateway on http://{args.host}:{args.port} (sessions: /sessions/{{sid}}/v1)",
+            flush=True,
+        )
+        logging.basicConfig(level=logging.INFO)
+        uvicorn.run(
+            create_app(config), host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5
+        )
+    except ReplicaError as exc:
+        print(f"[vllm-serve-async] {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 0  # stopping is what was asked for; the replicas are stopped below
+    finally:
+        print("[vllm-serve-async] stopping replicas", flush=True)
+        for server in [*replicas, renderer]:
+            server.stop()
+    return 0

@@ -1,9 +1,11 @@
-"""One vLLM OpenAI server as a child process: start it, wait until it is healthy, stop it with all its children.
+"""Servers as child processes: start, wait until `/health` answers, stop with every process they spawned.
 
-Used by `trl vllm-serve-async` for each data-parallel replica and by the test fixtures, so tests run exactly the
-server users run. Not here: routing, recording or anything that talks the OpenAI API (see `gateway.py`).
+`VLLMReplica` is one vLLM OpenAI server (what `trl vllm-serve-async` starts per data-parallel replica);
+`RenderServer` is vLLM's GPU-less render/derender server (`vllm launch render`); `ServeAsyncProcess` is the whole `trl vllm-serve-async` command (what tests, benchmarks and the demo start).
+Both share `ServerProcess`, so tests run exactly the processes users run.
+Not here: routing, recording or anything that talks the OpenAI API (see `gateway.py`).
 
-The server is vLLM's own (`python -m vllm.entrypoints.openai.api_server`; the `vllm` console script does not work
+The replica server is vLLM's own (`python -m vllm.entrypoints.openai.api_server`; the `vllm` console script does not work
 under the CPU build). It runs with `VLLM_SERVER_DEV_MODE=1`, which exposes the pause/resume and weight-transfer
 endpoints the gateway drives. Each replica is started in its own process group so that stopping it also stops
 the engine-core and worker processes vLLM spawns.
@@ -12,6 +14,7 @@ the engine-core and worker processes vLLM spawns.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -58,31 +61,41 @@ def cpu_defaults(args: Sequence[str]) -> list[str]:
     return [tok for flag, value in defaults.items() if flag not in given for tok in (flag, *value)]
 
 
-class VLLMReplica:
-    """A vLLM OpenAI-compatible server running as a child process.
+def _stop_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it when its parent dies, so a killed launcher leaves no
+    orphaned replica. Elsewhere nothing is done and `stop()` remains the only way replicas end."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+class ServerProcess:
+    """An HTTP server running as a child process in its own process group.
 
     Args:
         model: Model path or name passed to `--model`.
         name: Name used in logs and errors (e.g. `replica-0`).
         host: Interface to bind.
         port: Port to bind; a free one is chosen when `None`.
-        args: Further `vllm serve` flags, passed through unchanged.
+        args: Further flags, passed through unchanged.
         env: Extra environment variables for the child.
         log_path: File receiving the child's stdout and stderr; a temporary file when `None`.
+        startup_timeout: Seconds `with server:` waits for `/health` before giving up.
     """
 
     def __init__(
         self,
         model: str,
         *,
-        name: str = "replica-0",
+        name: str = "server",
         host: str = "127.0.0.1",
         port: int | None = None,
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         log_path: str | os.PathLike | None = None,
+        startup_timeout: float = 300.0,
     ):
         self.model = model
+        self.startup_timeout = startup_timeout
         self.name = name
         self.host = host
         self.port = port or free_port(host)
@@ -99,10 +112,7 @@ class VLLMReplica:
         return f"http://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
-        return [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", self.model, "--host", self.host, "--port", str(self.port), *self.args,
-        ]  # fmt: skip
+        raise NotImplementedError
 
     def start(self) -> None:
         """Start the child process; returns at once (see `wait_ready`)."""
@@ -111,7 +121,12 @@ class VLLMReplica:
         env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", **self.env}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_stop_with_parent,
             )
 
     def poll(self) -> int | None:
@@ -179,10 +194,10 @@ class VLLMReplica:
         with contextlib.suppress(ProcessLookupError):  # the group is already gone: nothing left to stop
             os.killpg(self.process.pid, sig)
 
-    def __enter__(self) -> VLLMReplica:
+    def __enter__(self) -> ServerProcess:
         self.start()
         try:
-            self.wait_ready()
+            self.wait_ready(self.startup_timeout)
         except BaseException:
             self.stop()
             raise
@@ -190,3 +205,37 @@ class VLLMReplica:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class VLLMReplica(ServerProcess):
+    """One vLLM OpenAI-compatible server (`python -m vllm.entrypoints.openai.api_server`)."""
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", self.model, "--host", self.host, "--port", str(self.port), *self.args,
+        ]  # fmt: skip
+
+
+class RenderServer(ServerProcess):
+    """vLLM's engine-less server for chat rendering and output parsing (`vllm launch render`)."""
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "vllm.entrypoints.launchers.render.entry",
+            "--model", self.model, "--host", self.host, "--port", str(self.port), *self.args,
+        ]  # fmt: skip
+
+
+class ServeAsyncProcess(ServerProcess):
+    """The whole `trl vllm-serve-async` command (replicas and gateway); `args` are its further flags."""
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "trl.agents.cli", "vllm-serve-async",
+            "--model", self.model, "--host", self.host, "--port", str(self.port), *self.args,
+        ]  # fmt: skip
+
+    def replica_urls(self) -> list[str]:
+        """URLs of the replicas behind the gateway, as its `/health` reports them."""
+        return [r["url"] for r in httpx.get(f"{self.url}/health", timeout=10).json()["replicas"]]

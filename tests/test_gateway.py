@@ -1,0 +1,366 @@
+"""`trl vllm-serve-async` with 2 CPU replicas: OpenAI clients through session URLs, token-exact recording under
+load, forks, sticky routing, errors, auth, a replica dying. Tests run in file order; the last one kills a replica."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections import Counter
+
+import httpx
+import litellm
+import openai
+import pytest
+from transformers import AutoTokenizer
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "shell",
+            "description": "Run a shell command.",
+            "parameters": {
+                "type": "object",
+                "properties": {"command": {"type": "string"}, "all": {"type": "boolean"}},
+                "required": ["command"],
+            },
+        },
+    }
+]
+# The random model cannot reason or call tools by itself: a structured-output regex makes it produce this turn.
+FORCED_TURN = (
+    '<think>\nList the files first.\n</think>\n\n<tool_call>\n{"name": "shell", "arguments": {"command": "ls", "all": true}}'
+    "\n</tool_call>"
+)
+FORCE = {"structured_outputs": {"regex": re.escape(FORCED_TURN)}}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def no_markup(tokenizer):
+    markup = ["<think>", "</think>", "<tool_call>", "</tool_call>", "<|im_start|>", "<|endoftext|>"]
+    ids = tokenizer.convert_tokens_to_ids(markup)
+    return {str(i): -100 for i in ids}
+
+
+def session_client(gateway, sid: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/sessions/{sid}/v1", api_key="unused", timeout=120, max_retries=0)
+
+
+AUTH = {"Authorization": "Bearer test-token"}  # the gateway fixture's token (tests/conftest.py)
+
+
+def trajectory(gateway, sid: str) -> dict:
+    response = httpx.get(f"{gateway.url}/sessions/{sid}/trajectory", headers=AUTH, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def sampled_runs(segment: dict) -> list[list[int]]:
+    """Token ids of each maximal run of mask == 1 (one run per turn)."""
+    runs, current = [], []
+    for token, m in zip(segment["token_ids"], segment["mask"], strict=True):
+        if m:
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    return runs + ([current] if current else [])
+
+
+def test_openai_chat_with_tools_streaming_and_not(gateway, tiny_model_dir):
+    client = session_client(gateway, "openai-tools")
+    messages = [{"role": "user", "content": "What is in this folder?"}]
+    reply = client.chat.completions.create(
+        model=tiny_model_dir, messages=messages, tools=TOOLS, max_tokens=200, extra_body=FORCE
+    )
+    message = reply.choices[0].message
+    assert reply.choices[0].finish_reason == "tool_calls"
+    assert message.reasoning.strip() == "List the files first."
+    assert json.loads(message.tool_calls[0].function.arguments) == {"command": "ls", "all": True}
+    messages += [message.model_dump(exclude_none=True), {"role": "tool", "tool_call_id": "1", "content": "a.py"}]
+
+    stream = client.chat.completions.create(
+        model=tiny_model_dir,
+        messages=messages,
+        tools=TOOLS,
+        max_tokens=200,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body=FORCE,
+    )
+    chunks = list(stream)
+    arguments = "".join(
+        c.choices[0].delta.tool_calls[0].function.arguments
+        for c in chunks
+        if c.choices and c.choices[0].delta.tool_calls
+    )
+    assert json.loads(arguments) == {"command": "ls", "all": True}
+    assert chunks[-1].usage.completion_tokens > 0
+    assert trajectory(gateway, "openai-tools")["forks"] == 0
+
+
+def test_openai_completions(gateway, tiny_model_dir, tokenizer):
+    client = session_client(gateway, "openai-completions")
+    first = client.completions.create(model=tiny_model_dir, prompt="def add(a, b):", max_tokens=8, temperature=0)
+    assert first.usage.completion_tokens == 8
+    streamed = client.completions.create(model=tiny_model_dir, prompt="import os", max_tokens=8, stream=True)
+    text = "".join(chunk.choices[0].text for chunk in streamed if chunk.choices)
+    assert isinstance(text, str) and text
+    traj = trajectory(gateway, "openai-completions")
+    assert sum(len(s["turns"]) for s in traj["segments"]) == 2
+    assert tokenizer.decode(sampled_runs(traj["segments"][0])[0]) == first.choices[0].text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_litellm_chat_with_tools_and_completions(gateway, tiny_model_dir, stream):
+    sid = f"litellm-{stream}"
+    kwargs = dict(
+        model=f"openai/{tiny_model_dir}",
+        api_base=f"{gateway.url}/sessions/{sid}/v1",
+        api_key="unused",
+        timeout=120,
+        max_tokens=200,
+        extra_body=FORCE,
+    )
+    messages = [{"role": "user", "content": "List files."}]
+    if stream:
+        chunks = list(litellm.completion(messages=messages, tools=TOOLS, stream=True, **kwargs))
+        response = litellm.stream_chunk_builder(chunks, messages=messages)
+    else:
+        response = litellm.completion(messages=messages, tools=TOOLS, **kwargs)
+    call = response.choices[0].message.tool_calls[0]
+    assert call.function.name == "shell" and json.loads(call.function.arguments)["all"] is True
+    assert trajectory(gateway, sid)["forks"] == 0
+    text_kwargs = {**kwargs, "api_base": f"{gateway.url}/sessions/{sid}-text/v1", "max_tokens": 4, "extra_body": {}}
+    text = litellm.text_completion(prompt="x = 1", **text_kwargs)
+    assert text.usage.completion_tokens == 4
+    assert len(trajectory(gateway, f"{sid}-text")["segments"][0]["turns"]) == 1
+
+
+def test_64_concurrent_sessions_are_recorded_token_exactly(gateway, tiny_model_dir, tokenizer, no_markup):
+    turns = 5
+
+    async def episode(client: openai.AsyncOpenAI, i: int) -> list[tuple[str, list[int]]]:
+        messages = [{"role": "user", "content": f"episode {i} starts"}]
+        received = []
+        for t in range(turns):
+            reply = await client.chat.completions.create(
+                model=tiny_model_dir,
+                messages=messages,
+                max_tokens=12,
+                extra_body={
+                    "return_token_ids": True,
+                    "logit_bias": no_markup,  # no markup tokens: the text is content only
+                    "chat_template_kwargs": {"enable_thinking": False},  # everything sampled is content
+                },
+            )
+            choice = reply.choices[0]
+            received.append((choice.message.content or "", choice.model_extra["token_ids"]))
+            messages += [
+                {"role": "assistant", "content": choice.message.content},
+                {"role": "user", "content": f"episode {i} turn {t} ok"},
+            ]
+        return received
+
+    async def run_all():
+        clients = [
+            openai.AsyncOpenAI(base_url=f"{gateway.url}/sessions/load-{i}/v1", api_key="x", timeout=300, max_retries=0)
+            for i in range(64)
+        ]
+        return await asyncio.gather(*(episode(c, i) for i, c in enumerate(clients)))
+
+    results = asyncio.run(run_all())
+    replicas = Counter()
+    for i, received in enumerate(results):
+        traj = trajectory(gateway, f"load-{i}")
+        replicas[traj["replica"]] += 1
+        assert traj["forks"] == 0
+        (segment,) = traj["segments"]
+        assert len(segment["turns"]) == turns  # no turn lost
+        text = tokenizer.decode(segment["token_ids"])
+        assert f"episode {i} starts" in text and f"episode {i} turn {turns - 2} ok" in text  # not mixed up
+        assert not re.search(rf"episode (?!{i}\b)\d+ ", text)
+        runs = sampled_runs(segment)
+        assert [ids for _, ids in received] == runs  # mask is 1 exactly on the sampled tokens, turn by turn
+        for content, ids in received:
+            assert tokenizer.decode(ids, skip_special_tokens=True) == content
+        assert [lp is not None for lp in segment["logprobs"]] == [bool(m) for m in segment["mask"]]
+    assert len(replicas) == 2 and max(replicas.values()) / min(replicas.values()) <= 1.5, replicas
+
+
+def _forced_episode(gateway, tiny_model_dir, sid: str, tool_results: list[str]) -> list[dict]:
+    client = session_client(gateway, sid)
+    messages = [{"role": "system", "content": "You are a careful agent."}, {"role": "user", "content": "Fix it."}]
+    for result in tool_results:
+        reply = client.chat.completions.create(
+            model=tiny_model_dir, messages=messages, tools=TOOLS, max_tokens=200, extra_body=FORCE
+        )
+        message = reply.choices[0].message
+        assert message.tool_calls, message
+        messages.append(message.model_dump(exclude_none=True))
+        for call in message.tool_calls:
+            messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+    return messages
+
+
+def test_append_only_conversation_has_no_forks_where_rerendering_drifts(gateway, tiny_model_dir, tokenizer):
+    results = ['{"passed": true, "failed": false}', '{"exit_code": 0, "ok": true}', "tests: 3 passed"]
+    messages = _forced_episode(gateway, tiny_model_dir, "append-only", results)
+    client = session_client(gateway, "append-only")
+    messages.append({"role": "user", "content": "Now explain."})
+    client.chat.completions.create(model=tiny_model_dir, messages=messages, max_tokens=8)
+    traj = trajectory(gateway, "append-only")
+    assert traj["forks"] == 0 and len(traj["segments"]) == 1
+    recorded = traj["segments"][0]["token_ids"]
+    # What a re-render of the same history gives: reasoning dropped, tool calls re-serialised.
+    rerendered = tokenizer.apply_chat_template(messages, tools=TOOLS, add_generation_prompt=True, return_dict=False)
+    assert recorded[: len(rerendered)] != rerendered
+    assert "List the files first." in tokenizer.decode(recorded)
+    assert "List the files first." not in tokenizer.decode(rerendered)
+
+
+def test_editing_an_earlier_message_starts_a_new_segment(gateway, tiny_model_dir):
+    messages = _forced_episode(gateway, tiny_model_dir, "edited", ["out-1", "out-2"])
+    before = trajectory(gateway, "edited")
+    messages[1] = {"role": "user", "content": "Fix it, but differently."}  # the agent rewrites history
+    session_client(gateway, "edited").chat.completions.create(model=tiny_model_dir, messages=messages, max_tokens=8)
+    after = trajectory(gateway, "edited")
+    assert after["forks"] == 1 and len(after["segments"]) == 2
+    assert after["segments"][0] == before["segments"][0]  # the old segment is intact
+    assert len(after["segments"][1]["turns"]) == 1
+
+
+def _engine_requests(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("vllm:request_success_total"))
+
+
+def test_all_turns_of_a_session_hit_one_replica(gateway, tiny_model_dir):
+    urls = gateway.replica_urls()
+    before = [_engine_requests(u) for u in urls]
+    client = session_client(gateway, "sticky")
+    messages = [{"role": "user", "content": "hi"}]
+    for _ in range(5):
+        reply = client.chat.completions.create(model=tiny_model_dir, messages=messages, max_tokens=4)
+        messages += [
+            {"role": "assistant", "content": reply.choices[0].message.content},
+            {"role": "user", "content": "go"},
+        ]
+    after = [_engine_requests(u) for u in urls]
+    assert sorted(a - b for a, b in zip(after, before, strict=True)) == [0, 5]
+
+
+def test_errors_are_openai_style_and_the_server_keeps_serving(gateway, tiny_model_dir):
+    url = gateway.url
+    post = lambda path, **kw: httpx.post(f"{url}{path}", timeout=60, **kw)  # noqa: E731
+    chat = "/sessions/errors/v1/chat/completions"
+    cases = {
+        "unknown session": (httpx.get(f"{url}/sessions/nope/trajectory", headers=AUTH, timeout=30), 404),
+        "invalid JSON": (post(chat, content=b"{not json"), 400),
+        "not an object": (post(chat, json=[1, 2]), 400),
+        "wrong types": (post(chat, json={"model": tiny_model_dir, "messages": "hi"}), 400),
+        "n > 1": (post(chat, json={"model": tiny_model_dir, "messages": [], "n": 2}), 400),
+        "bad session id": (post("/sessions/a%20b/v1/chat/completions", json={}), 400),
+        "unknown model": (post(chat, json={"model": "nope", "messages": [{"role": "user", "content": "x"}]}), 404),
+    }
+    for name, (response, status) in cases.items():
+        assert response.status_code == status, (name, response.text)
+        assert set(response.json()["error"]) >= {"message", "type", "code"}, name
+    too_long = post(chat, json={"model": tiny_model_dir, "messages": [{"role": "user", "content": "word " * 6000}]})
+    assert too_long.status_code == 400
+    assert re.search(r"4096", too_long.json()["error"]["message"]) and re.search(r"\d{4,}", too_long.text)
+    assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+    reply = session_client(gateway, "after-errors").chat.completions.create(
+        model=tiny_model_dir, messages=[{"role": "user", "content": "still there?"}], max_tokens=4
+    )
+    assert reply.choices[0].finish_reason in {"length", "stop"}
+
+
+def test_control_endpoints_need_the_token(gateway):
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        for method, path in [
+            ("GET", "/sessions/sticky/trajectory"),
+            ("DELETE", "/sessions/sticky"),
+            ("GET", "/sessions"),
+        ]:
+            response = httpx.request(method, f"{gateway.url}{path}", headers=headers, timeout=30)
+            assert response.status_code == 401, (method, path, headers)
+    assert httpx.get(f"{gateway.url}/sessions/sticky/trajectory", headers=AUTH, timeout=30).status_code == 200
+
+
+def test_delete_forgets_a_session(gateway):
+    assert httpx.delete(f"{gateway.url}/sessions/sticky", headers=AUTH, timeout=30).status_code == 200
+    assert httpx.get(f"{gateway.url}/sessions/sticky/trajectory", headers=AUTH, timeout=30).status_code == 404
+
+
+def test_metrics_count_turns_tokens_and_replicas(gateway):
+    text = httpx.get(f"{gateway.url}/metrics", timeout=30).text
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if not line.startswith("#")}
+    assert values["trl_agents_turns_total"] >= 64 * 5
+    assert values['trl_agents_tokens_total{origin="sampled"}'] > 0
+    assert values['trl_agents_forks_total{reason="history_edited"}'] >= 1
+    assert values['trl_agents_replica_healthy{replica="replica-0"}'] == 1
+
+
+def test_unrecorded_v1_routes(gateway, tiny_model_dir):
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", timeout=120, max_retries=0)
+    assert client.models.list().data[0].id == tiny_model_dir
+    chunks = list(
+        client.chat.completions.create(
+            model=tiny_model_dir, messages=[{"role": "user", "content": "x"}], max_tokens=4, stream=True
+        )
+    )
+    assert chunks and chunks[-1].choices[0].finish_reason in {"length", "stop"}
+    listed = httpx.get(f"{gateway.url}/sessions", headers=AUTH, timeout=30).json()["sessions"]
+    assert all(not s["session_id"].startswith("chatcmpl") for s in listed)
+
+
+def test_a_dead_replica_fails_only_its_sessions(gateway, tiny_model_dir):
+    """Runs last: SIGKILLs one replica's process group."""
+    import os
+    import signal
+
+    import psutil
+
+    # One session per replica (sessions go to the replica with fewer live sessions).
+    sids = []
+    for i in range(2):
+        sid = f"fault-{i}"
+        session_client(gateway, sid).chat.completions.create(
+            model=tiny_model_dir, messages=[{"role": "user", "content": "x"}], max_tokens=2
+        )
+        sids.append(sid)
+    by_replica = {trajectory(gateway, sid)["replica"]: sid for sid in sids}
+    assert set(by_replica) == {"replica-0", "replica-1"}
+    victim_url = next(
+        r["url"] for r in httpx.get(f"{gateway.url}/health").json()["replicas"] if r["name"] == "replica-1"
+    )
+    port = int(victim_url.rsplit(":", 1)[1])
+    (pid,) = {
+        c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port and c.status == "LISTEN"
+    }
+    os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+    dead = session_client(gateway, by_replica["replica-1"])
+    with pytest.raises(openai.APIStatusError) as info:
+        dead.chat.completions.create(model=tiny_model_dir, messages=[{"role": "user", "content": "y"}], max_tokens=2)
+    assert info.value.status_code == 503 and "replica-1" in info.value.message
+    health = httpx.get(f"{gateway.url}/health", timeout=30)
+    assert health.status_code == 503 and "replica-1" in health.json()["reason"]
+    alive = session_client(gateway, by_replica["replica-0"])
+    reply = alive.chat.completions.create(
+        model=tiny_model_dir, messages=[{"role": "user", "content": "y"}], max_tokens=2
+    )
+    assert reply.usage.completion_tokens == 2
+    new = session_client(gateway, "after-fault").chat.completions.create(
+        model=tiny_model_dir, messages=[{"role": "user", "content": "z"}], max_tokens=2
+    )
+    assert new.usage.completion_tokens == 2
+    assert trajectory(gateway, "after-fault")["replica"] == "replica-0"

@@ -1,0 +1,67 @@
+"""`trl vllm-serve-async` as a process: clean shutdown with no orphans, clear start-up failures, replica plans."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from trl.agents.server.launch import replica_plan
+from trl.agents.server.process import ServeAsyncProcess, free_port
+
+
+def test_sigterm_stops_every_child(tiny_model_dir, tmp_path, serve_args):
+    server = ServeAsyncProcess(
+        tiny_model_dir, args=["--log-dir", str(tmp_path), *serve_args], log_path=tmp_path / "l.log"
+    )
+    server.start()
+    try:
+        server.wait_ready(timeout=300)
+        launcher = psutil.Process(server.process.pid)
+        family = [launcher, *launcher.children(recursive=True)]
+        assert len(family) >= 3  # launcher, the replica's API server, its engine core at least
+        os.kill(launcher.pid, signal.SIGTERM)
+        server.process.wait(60)
+        _, alive = psutil.wait_procs(family, timeout=30)
+        assert not alive, alive
+        assert "stopping replicas" in (tmp_path / "l.log").read_text()
+    finally:
+        server.stop()
+
+
+def test_a_replica_that_cannot_start_is_named_with_its_log(tmp_path):
+    missing = tmp_path / "no-such-model"
+    result = subprocess.run(
+        [sys.executable, "-m", "trl.agents.cli", "vllm-serve-async", "--model", str(missing),
+         "--port", str(free_port()), "--log-dir", str(tmp_path), "--startup-timeout", "240"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "replica-0 exited with code" in result.stderr
+    assert "Last lines of" in result.stderr and str(missing) in result.stderr
+
+
+def plan(n: int, vllm_args: list[str], cpu: bool) -> list[dict]:
+    return replica_plan(argparse.Namespace(data_parallel_size=n), vllm_args, cpu)
+
+
+def test_cpu_replicas_get_their_own_core_and_cpu_defaults(monkeypatch):
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    plans = plan(2, ["--dtype", "float32"], cpu=True)
+    assert [p["env"]["VLLM_CPU_OMP_THREADS_BIND"] for p in plans] == ["0", "1"]
+    assert "--enable-scale-out" in plans[0]["args"] and "--gpu-memory-utilization" in plans[0]["args"]
+    user_set = plan(1, ["--gpu-memory-utilization", "0.3"], cpu=True)[0]["args"]
+    assert user_set.count("--gpu-memory-utilization") == 1
+
+
+def test_gpu_replicas_get_tensor_parallel_groups(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3,4,5")
+    plans = plan(2, ["--tensor-parallel-size", "2"], cpu=False)
+    assert [p["env"]["CUDA_VISIBLE_DEVICES"] for p in plans] == ["2,3", "4,5"]
+    with pytest.raises(SystemExit, match="need 6 GPUs"):
+        plan(3, ["-tp", "2"], cpu=False)

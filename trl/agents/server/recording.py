@@ -1,0 +1,293 @@
+"""One recorded turn: render only what is new, generate from token ids, parse with vLLM, append to the session.
+
+Every step is vLLM's own endpoint: rendering and parsing on the render server (`vllm launch render`, or the session's
+replica when there is none), generation on the session's replica (started with `--enable-scale-out`):
+
+1. `/v1/chat/completions/render` turns the request into token ids and sampling parameters (vLLM's validation,
+   chat template, tool schemas, structured outputs). On the first turn the whole conversation is rendered.
+   On later turns only the *new* messages are rendered, behind a fixed two-message stand-in history (`ANCHOR`);
+   the stand-in's tokens are cut off, and what is left (the template's text after an assistant turn, the new
+   messages, the generation prompt) is appended to the tokens the engine already saw and sampled. The peers'
+   name for this is a turn bridge (PrimeIntellect renderers' `bridge_to_next_turn`, verl's `ToolAgentLoop`); it is
+   why re-rendering quirks (reasoning dropped from earlier turns, tool-call JSON re-serialised) never reach the
+   recorded tokens.
+2. `/inference/v1/generate` samples from those exact ids and returns the sampled ids and their logprobs.
+3. `/v1/chat/completions/derender` (or `/v1/completions/derender`) turns the sampled ids into the OpenAI answer:
+   content, `tool_calls` from the server's tool parser, reasoning, usage.
+
+Only when all three succeed is the turn recorded, so a failed request never leaves half a turn behind.
+
+Not here: routing, HTTP routes, streaming (see `gateway.py`, `protocol.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from .routing import ReplicaHandle
+from .sessions import Session, Turn, canonical_message, new_messages
+from .upstream import post_json
+
+
+# The stand-in history new messages are rendered behind: it ends with an assistant turn, as every recorded
+# segment does after a generation.
+ANCHOR_CONTENT = "."
+ANCHOR = [{"role": "user", "content": ANCHOR_CONTENT}, {"role": "assistant", "content": ANCHOR_CONTENT}]
+# Request fields that change how the template renders (everything else is sampling or response shape).
+TEMPLATE_FIELDS = ("tools", "chat_template", "chat_template_kwargs", "documents", "add_special_tokens")
+
+
+class TurnError(Exception):
+    """A request the gateway refuses itself (not vLLM); `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(message)
+
+
+@dataclass
+class Anchor:
+    """The rendered stand-in history: its ids, where the text after its end-of-turn token starts, that token."""
+
+    token_ids: list[int]
+    tail_start: int
+    end_of_turn: int
+
+
+@dataclass
+class Timeouts:
+    """Deadlines in seconds for the calls of one turn."""
+
+    render: float = 60.0
+    generate: float = 600.0
+
+
+class Recorder:
+    """Runs recorded chat and completion turns against replicas and appends them to sessions."""
+
+    def __init__(
+        self,
+        client: aiohttp.ClientSession,
+        max_model_len: int,
+        timeouts: Timeouts | None = None,
+        renderer: ReplicaHandle | None = None,
+    ):
+        self.client = client
+        self.max_model_len = max_model_len
+        self.timeouts = timeouts or Timeouts()
+        self.renderer = renderer
+        self._anchors: dict[str, asyncio.Task] = {}
+        self.forks_by_reason: dict[str, int] = {}
+
+    # -- chat --------------------------------------------------------------------------------------------------
+
+    async def chat_turn(self, session: Session, replica: ReplicaHandle, body: dict[str, Any], version: int) -> dict:
+        """Run one chat turn of `session` on `replica` and record it; return the OpenAI chat completion."""
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise TurnError(400, "`messages` must be a list of message objects")
+        segment = session.current
+        delta = new_messages(segment.messages, messages) if segment is not None else None
+        bridge: list[int] | None = None
+        fork_reason = None if segment is None else "history_edited"
+        if delta is not None:
+            rendered = await self._render_chat(replica, {**body, "messages": ANCHOR + delta})
+            bridge = await self._bridge(replica, body, rendered["token_ids"], segment.tokens.token_ids)
+            fork_reason = "template_not_prefix_stable" if bridge is None else None
+        if bridge is None:
+            rendered = await self._render_chat(replica, body)
+            context = rendered["token_ids"]
+        else:
+            context = segment.tokens.token_ids + bridge
+        sampled, logprobs, generated = await self._generate(replica, session, context, rendered, body, version)
+        if not body.get("logprobs"):
+            generated["choices"][0]["logprobs"] = None  # not asked for: skip converting them back to text
+        derender_body = {
+            "generate_response": _without_stop_token(generated, await self._stop_ids(replica, body, rendered)),
+            "prompt_tokens": len(context),
+            "chat_request": {**body, "stream": False, "stream_options": None},
+        }
+        answer = await post_json(
+            self.client, self.renderer or replica, "/v1/chat/completions/derender", derender_body, self.timeouts.render
+        )
+        self._shape_answer(answer, body, context, sampled)
+        choice = answer["choices"][0]
+        if bridge is None:
+            segment = self._start_segment(session, fork_reason)
+            segment.tokens.add_context(context)
+            segment.messages = [canonical_message(m) for m in messages]
+        else:
+            segment.tokens.add_context(bridge)
+            segment.messages += [canonical_message(m) for m in delta]
+        segment.tokens.add_sampled(sampled, logprobs)
+        segment.messages.append(canonical_message(choice["message"]))
+        segment.turns.append(Turn(version, choice.get("finish_reason"), len(context), len(sampled)))
+        return answer
+
+    async def _render_chat(self, replica: ReplicaHandle, body: dict[str, Any]) -> dict[str, Any]:
+        request = {**body, "stream": False, "stream_options": None}
+        renderer = self.renderer or replica
+        return await post_json(self.client, renderer, "/v1/chat/completions/render", request, self.timeouts.render)
+
+    async def _bridge(
+        self, replica: ReplicaHandle, body: dict[str, Any], rendered: list[int], history: list[int]
+    ) -> list[int] | None:
+        """Tokens to append to `history` for the new messages rendered behind the anchor; `None` if impossible."""
+        anchor = await self._anchor(replica, body)
+        if rendered[: len(anchor.token_ids)] != anchor.token_ids:
+            return None  # the template renders the stand-in differently once more messages follow
+        bridge = rendered[anchor.tail_start :]
+        if not history or history[-1] != anchor.end_of_turn:
+            bridge = [anchor.end_of_turn, *bridge]  # the last turn stopped early (length, stop string): close it
+        return bridge
+
+    async def _anchor(self, replica: ReplicaHandle, body: dict[str, Any]) -> Anchor:
+        """The anchor for this request's template settings, computed once (concurrent callers share the work)."""
+        template = {k: body[k] for k in TEMPLATE_FIELDS if k in body}
+        key = json.dumps([body.get("model"), template], sort_keys=True, default=str)
+        task = self._anchors.get(key)
+        if task is None or (task.done() and task.exception() is not None):
+            task = self._anchors[key] = asyncio.ensure_future(self._compute_anchor(replica, body, template))
+        return await asyncio.shield(task)
+
+    async def _compute_anchor(self, replica: ReplicaHandle, body: dict[str, Any], template: dict) -> Anchor:
+        request = {"model": body.get("model"), **template, "messages": ANCHOR, "add_generation_prompt": False}
+        rendered = (await self._render_chat(replica, request))["token_ids"]
+        marker = await post_json(
+            self.client,
+            self.renderer or replica,
+            "/tokenize",
+            {"model": body.get("model"), "prompt": ANCHOR_CONTENT, "add_special_tokens": False},
+            self.timeouts.render,
+        )
+        marker_ids = marker["tokens"]
+        end = _rfind(rendered, marker_ids)
+        if end < 0 or end + len(marker_ids) >= len(rendered):
+            raise TurnError(500, "cannot locate the end of an assistant turn in this chat template's rendering")
+        end += len(marker_ids)
+        return Anchor(rendered, end + 1, rendered[end])
+
+    async def _stop_ids(self, replica: ReplicaHandle, body: dict[str, Any], rendered: dict[str, Any]) -> set[int]:
+        """Token ids that end a turn: the template's end-of-turn token and the request's `stop_token_ids`."""
+        anchor = await self._anchor(replica, body)
+        return {anchor.end_of_turn, *(rendered["sampling_params"].get("stop_token_ids") or [])}
+
+    # -- completions -------------------------------------------------------------------------------------------
+
+    async def completion_turn(
+        self, session: Session, replica: ReplicaHandle, body: dict[str, Any], version: int
+    ) -> dict:
+        """Run one text-completion turn of `session` and record it; return the OpenAI completion."""
+        request = {**body, "stream": False, "stream_options": None}
+        renderer = self.renderer or replica
+        rendered_list = await post_json(self.client, renderer, "/v1/completions/render", request, self.timeouts.render)
+        if not isinstance(rendered_list, list) or len(rendered_list) != 1:
+            raise TurnError(400, "session routes take exactly one prompt per completion request")
+        rendered = rendered_list[0]
+        context = rendered["token_ids"]
+        segment = session.current
+        history = segment.tokens.token_ids if segment is not None else []
+        extends = segment is not None and len(context) > len(history) and context[: len(history)] == history
+        sampled, logprobs, generated = await self._generate(replica, session, context, rendered, body, version)
+        if body.get("logprobs") is None:
+            generated["choices"][0]["logprobs"] = None
+        derender_body = {
+            "generate_responses": [generated],
+            "prompt_tokens": [len(context)],
+            "completion_request": request,
+        }
+        answer = await post_json(
+            self.client, self.renderer or replica, "/v1/completions/derender", derender_body, self.timeouts.render
+        )
+        if not extends:
+            segment = self._start_segment(session, None if segment is None else "history_edited")
+            segment.tokens.add_context(context)
+        else:
+            segment.tokens.add_context(context[len(history) :])
+        segment.tokens.add_sampled(sampled, logprobs)
+        choice = answer["choices"][0]
+        segment.turns.append(Turn(version, choice.get("finish_reason"), len(context), len(sampled)))
+        if body.get("return_token_ids"):
+            choice["prompt_token_ids"], choice["token_ids"] = context, sampled
+        return answer
+
+    # -- shared ------------------------------------------------------------------------------------------------
+
+    async def _generate(
+        self,
+        replica: ReplicaHandle,
+        session: Session,
+        context: list[int],
+        rendered: dict[str, Any],
+        body: dict[str, Any],
+        version: int,
+    ) -> tuple[list[int], list[float], dict[str, Any]]:
+        if len(context) >= self.max_model_len:
+            raise TurnError(
+                400,
+                f"This session's context is {len(context)} tokens, which leaves no room to generate within the "
+                f"model's maximum context length of {self.max_model_len} tokens.",
+            )
+        sampling = dict(rendered["sampling_params"])
+        if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+            sampling["max_tokens"] = self.max_model_len - len(context)  # vLLM's default, for the real context
+        sampling["logprobs"] = max(sampling.get("logprobs") or 0, 0)  # always record the sampled token's logprob
+        request = {
+            "request_id": f"{session.session_id}-{uuid.uuid4().hex[:12]}",
+            "token_ids": context,
+            "sampling_params": sampling,
+            "cache_salt": f"policy-{version}",  # no prefix-cache reuse across policy versions
+        }
+        generated = await post_json(self.client, replica, "/inference/v1/generate", request, self.timeouts.generate)
+        choice = generated["choices"][0]
+        sampled = choice.get("token_ids") or []
+        entries = (choice.get("logprobs") or {}).get("content") or []
+        logprobs = [entry["logprob"] for entry in entries]
+        if len(logprobs) != len(sampled):
+            raise TurnError(502, f"{replica.name} returned {len(sampled)} tokens but {len(logprobs)} logprobs")
+        return sampled, logprobs, generated
+
+    @staticmethod
+    def _shape_answer(answer: dict, body: dict, context: list[int], sampled: list[int]) -> None:
+        choice = answer["choices"][0]
+        if choice["message"].get("tool_calls") and choice.get("finish_reason") == "stop":
+            choice["finish_reason"] = "tool_calls"  # as vLLM's own chat route reports it; derender leaves "stop"
+        if body.get("return_token_ids"):
+            answer["prompt_token_ids"], choice["token_ids"] = context, sampled
+        else:
+            choice.pop("token_ids", None)
+
+    def _start_segment(self, session: Session, fork_reason: str | None):
+        if fork_reason is not None:
+            self.forks_by_reason[fork_reason] = self.forks_by_reason.get(fork_reason, 0) + 1
+        return session.start_segment()
+
+
+def _without_stop_token(generated: dict[str, Any], stop_ids: set[int]) -> dict[str, Any]:
+    """The generate response without its final stop token, for derendering.
+
+    vLLM's chat route never puts the token that ended a turn (`<|im_end|>`) into `content`; derender decodes every
+    id with special tokens kept when a parser is configured, so the stop token is dropped here. It stays in the
+    recorded tokens: the engine sampled it and the trainer learns to stop.
+    """
+    choice = generated["choices"][0]
+    ids = choice.get("token_ids") or []
+    if choice.get("finish_reason") != "stop" or len(ids) < 2 or ids[-1] not in stop_ids:
+        return generated  # stopped by length or by a stop string (vLLM already cut it from the text)
+    trimmed = {**choice, "token_ids": ids[:-1]}
+    if choice.get("logprobs") and choice["logprobs"].get("content"):
+        trimmed["logprobs"] = {**choice["logprobs"], "content": choice["logprobs"]["content"][:-1]}
+    return {**generated, "choices": [trimmed]}
+
+
+def _rfind(haystack: list[int], needle: list[int]) -> int:
+    for start in range(len(haystack) - len(needle), -1, -1):
+        if haystack[start : start + len(needle)] == needle:
+            return start
+    return -1

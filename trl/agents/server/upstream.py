@@ -1,0 +1,91 @@
+"""Calls from the gateway to one vLLM server, with a deadline, raising with the server's own error text.
+
+Uses aiohttp: under load httpx's connection-pool bookkeeping was the gateway's main CPU cost.
+Not here: choosing the replica (`routing.py`) or what the calls mean (`recording.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from typing import Any
+
+import aiohttp
+
+from .routing import ReplicaHandle
+
+
+# Seconds spent waiting on each endpoint, and calls made (exported by the gateway's /metrics).
+CALL_SECONDS: Counter = Counter()
+CALLS: Counter = Counter()
+
+
+class UpstreamError(Exception):
+    """A server answered with an error status; `payload` is its JSON body (OpenAI-style when vLLM wrote it)."""
+
+    def __init__(self, status: int, payload: dict[str, Any], replica: str):
+        self.status, self.payload, self.replica = status, payload, replica
+        super().__init__(f"{replica} answered {status}: {error_message(payload)}")
+
+
+class ReplicaUnreachable(Exception):
+    """A server did not answer in time or refused the connection (it is then marked down)."""
+
+    def __init__(self, replica: ReplicaHandle, detail: str):
+        self.replica = replica
+        super().__init__(f"{replica.name} ({replica.url}) is unreachable: {detail}")
+
+
+def error_message(payload: Any) -> str:
+    """The human-readable message of an OpenAI-style (or FastAPI-style) error body."""
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict) and "message" in error:
+            return str(error["message"])
+        if "detail" in payload:
+            return str(payload["detail"])
+    return str(payload)
+
+
+def new_session() -> aiohttp.ClientSession:
+    """The HTTP client session the gateway uses for every upstream call (no overall limit on connections)."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0))
+
+
+async def post_json(
+    session: aiohttp.ClientSession, replica: ReplicaHandle, path: str, body: Any, timeout: float
+) -> Any:
+    """POST `body` to `replica` and return its JSON answer.
+
+    Raises:
+        UpstreamError: the server answered 4xx/5xx (its own error text is kept).
+        ReplicaUnreachable: no answer within `timeout` (server kept up: it may be busy), or the connection failed
+            (server marked down).
+    """
+    replica.inflight += 1
+    start = time.perf_counter()
+    try:
+        async with session.post(
+            f"{replica.url}{path}", data=json.dumps(body), headers={"Content-Type": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as response:  # fmt: skip
+            raw = await response.read()
+            status = response.status
+    except asyncio.TimeoutError as exc:
+        raise ReplicaUnreachable(replica, f"no answer to {path} within {timeout:.0f} s") from exc
+    except aiohttp.ClientError as exc:
+        replica.mark_down(f"{type(exc).__name__}: {exc}")
+        raise ReplicaUnreachable(replica, f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        replica.inflight -= 1
+        CALL_SECONDS[path] += time.perf_counter() - start
+        CALLS[path] += 1
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        payload = {"error": {"message": raw[:2000].decode(errors="replace") or f"HTTP {status}"}}
+    if status >= 400:
+        raise UpstreamError(status, payload, replica.name)
+    return payload
