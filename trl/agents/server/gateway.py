@@ -53,8 +53,8 @@ class GatewayConfig:
 
     Args:
         replicas: `(name, url)` of every vLLM replica.
-        render_url: URL of a vLLM render server (`vllm launch render`) for rendering and parsing; the session's
-            replica does both when `None`.
+        render_urls: URLs of vLLM render servers (`vllm launch render`) for rendering and parsing; replica i uses
+            render server i modulo their number. With none, each session's replica renders and parses.
         api_token: Bearer token required by control endpoints; `None` leaves them open (loopback use).
         max_model_len: Context length of the served model; read from the first replica when `None`.
         health_interval: Seconds between health checks of the replicas.
@@ -63,7 +63,7 @@ class GatewayConfig:
     """
 
     replicas: list[tuple[str, str]]
-    render_url: str | None = None
+    render_urls: list[str] = field(default_factory=list)
     api_token: str | None = None
     max_model_len: int | None = None
     health_interval: float = 2.0
@@ -79,15 +79,18 @@ class Gateway:
         self.router = Router([ReplicaHandle(name, url.rstrip("/")) for name, url in config.replicas])
         self.sessions = SessionStore()
         self.client: aiohttp.ClientSession | None = None  # created in `start`, inside the server's event loop
-        self.renderer = ReplicaHandle("render", config.render_url.rstrip("/")) if config.render_url else None
-        self.recorder = Recorder(None, config.max_model_len or 0, config.timeouts, self.renderer)
+        self.renderers = [ReplicaHandle(f"render-{i}", url.rstrip("/")) for i, url in enumerate(config.render_urls)]
+        renderer_of = {
+            r.name: self.renderers[i % len(self.renderers)] for i, r in enumerate(self.router.replicas)
+        } if self.renderers else {}  # fmt: skip
+        self.recorder = Recorder(None, config.max_model_len or 0, config.timeouts, renderer_of)
         self.policy_version = 0
         self.turns = 0
         self.tokens = Counter()  # "sampled" / "inserted"
         self.errors = Counter()  # HTTP status -> count
 
     async def check_health(self) -> None:
-        await self.router.check_health(self.client, extra=[self.renderer] if self.renderer else [])
+        await self.router.check_health(self.client, extra=self.renderers)
 
     async def start(self) -> None:
         self.client = self.recorder.client = new_session()
@@ -205,10 +208,9 @@ def create_app(config: GatewayConfig) -> FastAPI:
             session = gateway.sessions.create(sid, replica.name)
         replica = gateway.router.by_name(session.replica)
         async with session.lock:
-            if gateway.renderer is not None and not gateway.renderer.healthy:
-                return gateway.fail(
-                    503, f"the render server is down: {gateway.renderer.reason}", "ServiceUnavailableError"
-                )
+            renderer = gateway.recorder.renderer(replica)
+            if not renderer.healthy:
+                return gateway.fail(503, f"{renderer.name} is down: {renderer.reason}", "ServiceUnavailableError")
             if not replica.healthy:
                 return gateway.fail(
                     503,
@@ -288,13 +290,12 @@ def create_app(config: GatewayConfig) -> FastAPI:
             {"name": r.name, "url": r.url, "healthy": r.healthy, "reason": r.reason, "sessions": r.sessions}
             for r in gateway.router.replicas
         ]
-        servers = [*gateway.router.replicas, *([gateway.renderer] if gateway.renderer else [])]
+        servers = [*gateway.router.replicas, *gateway.renderers]
         down = [r for r in servers if not r.healthy]
         status = 503 if down else 200
         reason = "; ".join(f"{r.name} is down: {r.reason}" for r in down)
         body = {"status": "unhealthy" if down else "ok", "reason": reason, "policy_version": gateway.policy_version}
-        if gateway.renderer is not None:
-            body["render"] = {"url": gateway.renderer.url, "healthy": gateway.renderer.healthy}
+        body["render_servers"] = [{"name": r.name, "url": r.url, "healthy": r.healthy} for r in gateway.renderers]
         return JSONResponse({**body, "replicas": replicas}, status_code=status)
 
     @app.get("/metrics")

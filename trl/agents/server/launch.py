@@ -4,9 +4,12 @@ Each replica is vLLM's own OpenAI server (`process.py`) on its own port of 127.0
 needs (`--enable-scale-out` for render/generate/derender; `VLLM_SERVER_DEV_MODE=1` for pause and weight transfer)
 plus every flag of the command line this module does not know, passed through unchanged. On GPUs replica i gets
 the i-th group of `--tensor-parallel-size` devices; on the CPU build replica i is bound to core i (vLLM's automatic
-binding would put every replica on the same core). Beside them runs one vLLM render server (`vllm launch render`,
-no engine) with the same flags: the gateway renders and parses there, so those short calls never queue behind a
-replica's busy event loop. Ctrl-C or SIGTERM stops every child process.
+binding would put every replica on the same core) and runs at lower priority (`nice +5`) than the gateway and the
+render servers, whose short calls would otherwise wait for CPU slices behind engines that compute flat out; the
+engines still get every idle cycle. Beside the replicas run vLLM render servers (`vllm launch render`, no engine;
+one per replica by default) with the same flags: the gateway renders and parses there, so those short calls never
+queue behind a replica's busy event loop, and bursts of turn boundaries are split between them.
+Ctrl-C or SIGTERM stops every child process.
 
 Not here: what the gateway does (`gateway.py`).
 """
@@ -44,11 +47,20 @@ def make_parser() -> argparse.ArgumentParser:
         "--startup-timeout", type=float, default=600.0, help="seconds to wait for every replica to become healthy"
     )
     parser.add_argument("--log-dir", default=None, help="folder for replica logs (default: a new temporary folder)")
+    parser.add_argument(
+        "--render-servers",
+        type=int,
+        default=None,
+        help="vLLM render servers for rendering and parsing (default: one per replica; 0: use the replicas)",
+    )
     return parser
 
 
+CPU_REPLICA_NICENESS = 5
+
+
 def replica_plan(args: argparse.Namespace, vllm_args: list[str], cpu: bool) -> list[dict]:
-    """Name, flags and environment of each replica."""
+    """Name, flags, environment and niceness of each replica."""
     flags = list(vllm_args)
     if "--enable-scale-out" not in flags:
         flags.append("--enable-scale-out")
@@ -72,7 +84,8 @@ def replica_plan(args: argparse.Namespace, vllm_args: list[str], cpu: bool) -> l
                     f"{args.data_parallel_size * tp} GPUs, but only {len(devices)} are visible ({devices})"
                 )
             env["CUDA_VISIBLE_DEVICES"] = ",".join(group)
-        plans.append({"name": f"replica-{i}", "args": flags, "env": env})
+        niceness = CPU_REPLICA_NICENESS if cpu else 0
+        plans.append({"name": f"replica-{i}", "args": flags, "env": env, "niceness": niceness})
     return plans
 
 
@@ -124,27 +137,30 @@ def main(argv: list[str]) -> int:
     args, vllm_args = make_parser().parse_known_args(argv)
     if args.data_parallel_size < 1:
         raise SystemExit("trl vllm-serve-async: --data-parallel-size must be at least 1")
+    if args.render_servers is not None and args.render_servers < 0:
+        raise SystemExit("trl vllm-serve-async: --render-servers must be 0 or more")
     if not 0 < args.port < 65536:
         raise SystemExit(f"trl vllm-serve-async: --port {args.port} is not a valid port")
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="trl-agents-replicas-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     plans = replica_plan(args, vllm_args, is_cpu_build())
-    replicas = [
-        VLLMReplica(
-            args.model, name=plan["name"], args=plan["args"], env=plan["env"], log_path=log_dir / f"{plan['name']}.log"
-        )
-        for plan in plans
+    replicas = [VLLMReplica(args.model, log_path=log_dir / f"{plan['name']}.log", **plan) for plan in plans]
+    n_render = args.data_parallel_size if args.render_servers is None else args.render_servers
+    renderers = [
+        RenderServer(args.model, name=f"render-{i}", args=plans[0]["args"], log_path=log_dir / f"render-{i}.log")
+        for i in range(n_render)
     ]
-    renderer = RenderServer(args.model, name="render", args=plans[0]["args"], log_path=log_dir / "render.log")
 
     def on_sigterm(signum, frame):
         raise KeyboardInterrupt  # same clean-up path as Ctrl-C
 
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        start_replicas([*replicas, renderer], args.startup_timeout)
+        start_replicas([*replicas, *renderers], args.startup_timeout)
         config = GatewayConfig(
-            replicas=[(r.name, r.url) for r in replicas], render_url=renderer.url, api_token=args.api_token
+            replicas=[(r.name, r.url) for r in replicas],
+            render_urls=[r.url for r in renderers],
+            api_token=args.api_token,
         )
         print(
             f"[vllm-serve-async] gateway on http://{args.host}:{args.port} (sessions: /sessions/{{sid}}/v1)",
@@ -161,6 +177,6 @@ def main(argv: list[str]) -> int:
         return 0  # stopping is what was asked for; the replicas are stopped below
     finally:
         print("[vllm-serve-async] stopping replicas", flush=True)
-        for server in [*replicas, renderer]:
+        for server in [*replicas, *renderers]:
             server.stop()
     return 0

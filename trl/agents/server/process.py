@@ -61,11 +61,17 @@ def cpu_defaults(args: Sequence[str]) -> list[str]:
     return [tok for flag, value in defaults.items() if flag not in given for tok in (flag, *value)]
 
 
-def _stop_with_parent() -> None:
-    """In the child before exec: ask Linux to SIGTERM it when its parent dies, so a killed launcher leaves no
-    orphaned replica. Elsewhere nothing is done and `stop()` remains the only way replicas end."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+def _child_setup(niceness: int):
+    """What runs in the child before exec: lower its priority by `niceness`, and on Linux ask the kernel to SIGTERM
+    it when its parent dies, so a killed launcher leaves no orphaned replica (elsewhere `stop()` is the only way)."""
+
+    def setup() -> None:
+        if niceness:
+            os.nice(niceness)
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+    return setup
 
 
 class ServerProcess:
@@ -80,6 +86,7 @@ class ServerProcess:
         env: Extra environment variables for the child.
         log_path: File receiving the child's stdout and stderr; a temporary file when `None`.
         startup_timeout: Seconds `with server:` waits for `/health` before giving up.
+        niceness: Added to the child's scheduling niceness (0: same priority as this process).
     """
 
     def __init__(
@@ -93,9 +100,11 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         log_path: str | os.PathLike | None = None,
         startup_timeout: float = 300.0,
+        niceness: int = 0,
     ):
         self.model = model
         self.startup_timeout = startup_timeout
+        self.niceness = niceness
         self.name = name
         self.host = host
         self.port = port or free_port(host)
@@ -126,7 +135,7 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_stop_with_parent,
+                preexec_fn=_child_setup(self.niceness),
             )
 
     def poll(self) -> int | None:

@@ -39,6 +39,14 @@ from .upstream import post_json
 # segment does after a generation.
 ANCHOR_CONTENT = "."
 ANCHOR = [{"role": "user", "content": ANCHOR_CONTENT}, {"role": "assistant", "content": ANCHOR_CONTENT}]
+# Sampling fields a client may set that keep their name in vLLM's SamplingParams. vLLM's render output omits fields
+# equal to SamplingParams' defaults (max_tokens=16, temperature=1.0, ...), and /inference/v1/generate then treats
+# them as unset and applies the model's generation-config defaults instead; so the client's values are re-asserted.
+SAMPLING_FIELDS = (
+    "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty",
+    "seed", "min_tokens", "ignore_eos", "skip_special_tokens", "include_stop_str_in_output",
+    "spaces_between_special_tokens",
+)  # fmt: skip
 # Request fields that change how the template renders (everything else is sampling or response shape).
 TEMPLATE_FIELDS = ("tools", "chat_template", "chat_template_kwargs", "documents", "add_special_tokens")
 
@@ -76,14 +84,18 @@ class Recorder:
         client: aiohttp.ClientSession,
         max_model_len: int,
         timeouts: Timeouts | None = None,
-        renderer: ReplicaHandle | None = None,
+        renderer_of: dict[str, ReplicaHandle] | None = None,
     ):
         self.client = client
         self.max_model_len = max_model_len
         self.timeouts = timeouts or Timeouts()
-        self.renderer = renderer
+        self._renderer_of = renderer_of or {}
         self._anchors: dict[str, asyncio.Task] = {}
         self.forks_by_reason: dict[str, int] = {}
+
+    def renderer(self, replica: ReplicaHandle) -> ReplicaHandle:
+        """The server that renders and parses for sessions on `replica` (the replica itself without render servers)."""
+        return self._renderer_of.get(replica.name, replica)
 
     # -- chat --------------------------------------------------------------------------------------------------
 
@@ -114,7 +126,7 @@ class Recorder:
             "chat_request": {**body, "stream": False, "stream_options": None},
         }
         answer = await post_json(
-            self.client, self.renderer or replica, "/v1/chat/completions/derender", derender_body, self.timeouts.render
+            self.client, self.renderer(replica), "/v1/chat/completions/derender", derender_body, self.timeouts.render
         )
         self._shape_answer(answer, body, context, sampled)
         choice = answer["choices"][0]
@@ -132,7 +144,7 @@ class Recorder:
 
     async def _render_chat(self, replica: ReplicaHandle, body: dict[str, Any]) -> dict[str, Any]:
         request = {**body, "stream": False, "stream_options": None}
-        renderer = self.renderer or replica
+        renderer = self.renderer(replica)
         return await post_json(self.client, renderer, "/v1/chat/completions/render", request, self.timeouts.render)
 
     async def _bridge(
@@ -161,7 +173,7 @@ class Recorder:
         rendered = (await self._render_chat(replica, request))["token_ids"]
         marker = await post_json(
             self.client,
-            self.renderer or replica,
+            self.renderer(replica),
             "/tokenize",
             {"model": body.get("model"), "prompt": ANCHOR_CONTENT, "add_special_tokens": False},
             self.timeouts.render,
@@ -185,7 +197,7 @@ class Recorder:
     ) -> dict:
         """Run one text-completion turn of `session` and record it; return the OpenAI completion."""
         request = {**body, "stream": False, "stream_options": None}
-        renderer = self.renderer or replica
+        renderer = self.renderer(replica)
         rendered_list = await post_json(self.client, renderer, "/v1/completions/render", request, self.timeouts.render)
         if not isinstance(rendered_list, list) or len(rendered_list) != 1:
             raise TurnError(400, "session routes take exactly one prompt per completion request")
@@ -203,7 +215,7 @@ class Recorder:
             "completion_request": request,
         }
         answer = await post_json(
-            self.client, self.renderer or replica, "/v1/completions/derender", derender_body, self.timeouts.render
+            self.client, self.renderer(replica), "/v1/completions/derender", derender_body, self.timeouts.render
         )
         if not extends:
             segment = self._start_segment(session, None if segment is None else "history_edited")
@@ -235,8 +247,10 @@ class Recorder:
                 f"model's maximum context length of {self.max_model_len} tokens.",
             )
         sampling = dict(rendered["sampling_params"])
-        if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
-            sampling["max_tokens"] = self.max_model_len - len(context)  # vLLM's default, for the real context
+        sampling.update({k: body[k] for k in SAMPLING_FIELDS if body.get(k) is not None})
+        requested = body.get("max_completion_tokens") or body.get("max_tokens")
+        # vLLM's default when unset is "the rest of the context", computed here for the real (recorded) context
+        sampling["max_tokens"] = requested if requested is not None else self.max_model_len - len(context)
         sampling["logprobs"] = max(sampling.get("logprobs") or 0, 0)  # always record the sampled token's logprob
         request = {
             "request_id": f"{session.session_id}-{uuid.uuid4().hex[:12]}",
