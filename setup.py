@@ -22,6 +22,7 @@ setup(
         "fastapi>=0.110",
         "uvicorn>=0.29",
         "httpx>=0.27",
+        "aiohttp>=3.9",
         "openai>=1.40",
     ],
     extras_require={
@@ -31,7 +32,12 @@ setup(
             "pytest-timeout>=2.3",
             "ruff>=0.6",
             "litellm>=1.50",
+            "peft>=0.13",  # LoRA weight-sync tests
         ],
     },
-    entry_points={"console_scripts": ["trl=trl.agents.cli:main"]},
+    entry_points={
+        "console_scripts": ["trl=trl.agents.cli:main"],
+        # vLLM calls these in every process it starts: registers the CPU weight-transfer backend
+        "vllm.general_plugins": ["trl_agents_shm = trl.agents.weights.shm:register"],
+    },
 )

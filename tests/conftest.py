@@ -51,24 +51,26 @@ def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {API_TOKEN}"}
 
 
-@pytest.fixture(scope="module")
-def gateway(tiny_model_dir, tmp_path_factory):
-    """`trl vllm-serve-async` with 2 CPU replicas of the tiny model, as users start it (about 40 s to start)."""
-    logs = tmp_path_factory.mktemp("gateway-logs")
-    server = ServeAsyncProcess(
-        tiny_model_dir,
+def serve_async(model_dir: str, logs, *extra: str) -> ServeAsyncProcess:
+    """`trl vllm-serve-async` with 2 CPU replicas of `model_dir`, as users start it, plus `extra` flags."""
+    return ServeAsyncProcess(
+        model_dir,
         name="vllm-serve-async",
-        args=[
-            "--data-parallel-size", "2",
-            "--api-token", API_TOKEN,
-            "--log-dir", str(logs),
-            "--reasoning-parser", "qwen3",  # reasoning split from content, as with real Qwen3 models
-            # the tests force reasoning + tool calls with a regex: apply it inside <think> too
-            "--structured-outputs-config", '{"enable_in_reasoning": true}',
-            *SERVE_ARGS,
-        ],
+        args=["--data-parallel-size", "2", "--api-token", API_TOKEN, "--log-dir", str(logs), *extra, *SERVE_ARGS],
         log_path=logs / "launcher.log",
         startup_timeout=400,
+    )
+
+
+@pytest.fixture(scope="module")
+def gateway(tiny_model_dir, tmp_path_factory):
+    """The gateway the HTTP tests use (about 40 s to start)."""
+    server = serve_async(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("gateway-logs"),
+        "--reasoning-parser", "qwen3",  # reasoning split from content, as with real Qwen3 models
+        # the tests force reasoning + tool calls with a regex: apply it inside <think> too
+        "--structured-outputs-config", '{"enable_in_reasoning": true}',
     )  # fmt: skip
     with server:
         yield server

@@ -5,4 +5,31 @@ changes upstream modules. Heavy dependencies (vLLM, torch, transformers) are imp
 need them, so `import trl.agents` stays cheap.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+
 __version__ = "0.1.0.dev0"
+
+# public name -> module that defines it (imported on first use)
+_EXPORTS = {
+    "ServerClient": "client",
+    "ServerError": "client",
+    "WeightSyncCallback": "callbacks",
+}
+
+__all__ = ["ServerClient", "ServerError", "WeightSyncCallback"]
+
+if TYPE_CHECKING:
+    from .callbacks import WeightSyncCallback
+    from .client import ServerClient, ServerError
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'trl.agents' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

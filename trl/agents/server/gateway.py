@@ -10,6 +10,8 @@ adds only what training needs, each route for one reason:
   tests) still needs one address for all replicas; forwarded byte-for-byte to the least busy one.
 * `GET /sessions/{sid}/trajectory`, `DELETE /sessions/{sid}`, `GET /sessions`: the trainer reads episodes and
   frees memory (control plane: bearer token when `--api-token` is set).
+* `POST /weights/{init,start,update,finish,abort,lora}`, `GET /weights`: the trainer's weight sync, fanned out to
+  every replica through vLLM's own weight-transfer routes (`weight_sync.py`; control plane).
 * `GET /health`: one answer for all replicas (503 with the reason when any is down).
 * `GET /metrics`: sessions, turns, tokens, forks, errors, per-replica load, in Prometheus text format.
 
@@ -40,6 +42,7 @@ from .recording import Recorder, Timeouts, TurnError
 from .routing import NoReplicaAvailable, ReplicaHandle, Router
 from .sessions import SESSION_ID, SessionStore
 from .upstream import CALL_SECONDS, CALLS, ReplicaUnreachable, UpstreamError, new_session
+from .weight_sync import SyncConfig, SyncError, WeightSync
 
 
 logger = logging.getLogger("trl.agents.gateway")
@@ -60,6 +63,7 @@ class GatewayConfig:
         health_interval: Seconds between health checks of the replicas.
         timeouts: Deadlines of the calls of one turn.
         max_body_bytes: Largest request body accepted (413 above it).
+        sync: Deadlines of weight syncs.
     """
 
     replicas: list[tuple[str, str]]
@@ -69,6 +73,7 @@ class GatewayConfig:
     health_interval: float = 2.0
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_body_bytes: int = 64 * 1024 * 1024
+    sync: SyncConfig = field(default_factory=SyncConfig)
 
 
 class Gateway:
@@ -84,7 +89,7 @@ class Gateway:
             r.name: self.renderers[i % len(self.renderers)] for i, r in enumerate(self.router.replicas)
         } if self.renderers else {}  # fmt: skip
         self.recorder = Recorder(None, config.max_model_len or 0, config.timeouts, renderer_of)
-        self.policy_version = 0
+        self.weights = WeightSync(self.router, config.sync)
         self.turns = 0
         self.tokens = Counter()  # "sampled" / "inserted"
         self.errors = Counter()  # HTTP status -> count
@@ -93,7 +98,7 @@ class Gateway:
         await self.router.check_health(self.client, extra=self.renderers)
 
     async def start(self) -> None:
-        self.client = self.recorder.client = new_session()
+        self.client = self.recorder.client = self.weights.client = new_session()
         await self.check_health()
         if not self.config.max_model_len:
             replica = self.router.pick()
@@ -133,9 +138,15 @@ class Gateway:
             "# TYPE trl_agents_upstream_calls_total counter",
             *(f'trl_agents_upstream_calls_total{{path="{k}"}} {v}' for k, v in sorted(CALLS.items())),
             "# TYPE trl_agents_policy_version gauge",
-            f"trl_agents_policy_version {self.policy_version}",
+            f"trl_agents_policy_version {self.weights.version}",
+            "# TYPE trl_agents_weight_syncs_total counter",
+            f"trl_agents_weight_syncs_total {self.weights.syncs}",
+            "# TYPE trl_agents_weight_sync_failures_total counter",
+            f"trl_agents_weight_sync_failures_total {self.weights.failures}",
+            "# TYPE trl_agents_weight_sync_seconds gauge",
+            f"trl_agents_weight_sync_seconds {self.weights.last_sync_seconds:.3f}",
         ]
-        for name, attr in [("healthy", "healthy"), ("inflight", "inflight"), ("sessions", "sessions")]:
+        for name, attr in [("healthy", "serving"), ("inflight", "inflight"), ("sessions", "sessions")]:
             lines.append(f"# TYPE trl_agents_replica_{name} gauge")
             lines += [
                 f'trl_agents_replica_{name}{{replica="{r.name}"}} {int(getattr(r, attr))}'
@@ -207,20 +218,20 @@ def create_app(config: GatewayConfig) -> FastAPI:
                 return gateway.fail(503, str(exc), "ServiceUnavailableError")
             session = gateway.sessions.create(sid, replica.name)
         replica = gateway.router.by_name(session.replica)
-        async with session.lock:
+        async with session.lock, gateway.weights.turn() as policy:
             renderer = gateway.recorder.renderer(replica)
             if not renderer.healthy:
                 return gateway.fail(503, f"{renderer.name} is down: {renderer.reason}", "ServiceUnavailableError")
-            if not replica.healthy:
+            if not replica.serving:
                 return gateway.fail(
                     503,
-                    f"{replica.name}, which serves session {sid}, is down: {replica.reason}",
+                    f"{replica.name}, which serves session {sid}, is down: {replica.reason or replica.quarantined}",
                     "ServiceUnavailableError",
                 )
             before = sum(len(s.tokens) for s in session.segments), sum(s.tokens.num_sampled for s in session.segments)
             run = gateway.recorder.chat_turn if kind == "chat" else gateway.recorder.completion_turn
             try:
-                answer = await run(session, replica, body, gateway.policy_version)
+                answer = await run(session, replica, body, policy)
             except UpstreamError as exc:
                 gateway.errors[exc.status] += 1
                 return JSONResponse(exc.payload, status_code=exc.status)
@@ -284,17 +295,76 @@ def create_app(config: GatewayConfig) -> FastAPI:
         gateway.router.release_session(session.replica)
         return {"deleted": sid}
 
+    async def sync_call(request: Request, run) -> JSONResponse:
+        if not gateway.authorized(request):
+            return unauthorized()
+        body = await read_json(request) if (await request.body()) else {}
+        if isinstance(body, JSONResponse):
+            return body
+        try:
+            return JSONResponse(await run(body))
+        except SyncError as exc:
+            return gateway.fail(exc.status, str(exc), "WeightSyncError")
+
+    def field_of(body: dict, name: str, kinds: tuple[type, ...]):
+        value = body.get(name)
+        if not isinstance(value, kinds):
+            raise SyncError(400, f"`{name}` is required ({' or '.join(k.__name__ for k in kinds)})")
+        return value
+
+    @app.get("/weights")
+    async def weights_status(request: Request):
+        if not gateway.authorized(request):
+            return unauthorized()
+        return gateway.weights.status()
+
+    @app.post("/weights/init")
+    async def weights_init(request: Request):
+        return await sync_call(request, lambda b: gateway.weights.init(field_of(b, "init_info", (dict, list))))
+
+    @app.post("/weights/start")
+    async def weights_start(request: Request):
+        return await sync_call(request, lambda b: gateway.weights.start())
+
+    @app.post("/weights/update")
+    async def weights_update(request: Request):
+        return await sync_call(request, lambda b: gateway.weights.update(field_of(b, "update_info", (dict, list))))
+
+    @app.post("/weights/finish")
+    async def weights_finish(request: Request):
+        return await sync_call(request, lambda b: gateway.weights.finish())
+
+    @app.post("/weights/abort")
+    async def weights_abort(request: Request):
+        return await sync_call(
+            request, lambda b: gateway.weights.abort(str(b.get("reason") or "asked by the trainer"))
+        )
+
+    @app.post("/weights/lora")
+    async def weights_lora(request: Request):
+        return await sync_call(
+            request,
+            lambda b: gateway.weights.load_lora(field_of(b, "lora_path", (str,)), field_of(b, "lora_name", (str,))),
+        )
+
     @app.get("/health")
     async def health():
         replicas = [
-            {"name": r.name, "url": r.url, "healthy": r.healthy, "reason": r.reason, "sessions": r.sessions}
+            {
+                "name": r.name,
+                "url": r.url,
+                "healthy": r.healthy,
+                "reason": r.reason,
+                "sessions": r.sessions,
+                "quarantined": r.quarantined,
+            }  # fmt: skip
             for r in gateway.router.replicas
         ]
         servers = [*gateway.router.replicas, *gateway.renderers]
-        down = [r for r in servers if not r.healthy]
+        down = [r for r in servers if not (r.healthy and not getattr(r, "quarantined", ""))]
         status = 503 if down else 200
-        reason = "; ".join(f"{r.name} is down: {r.reason}" for r in down)
-        body = {"status": "unhealthy" if down else "ok", "reason": reason, "policy_version": gateway.policy_version}
+        reason = "; ".join(f"{r.name} is down: {r.reason or r.quarantined}" for r in down)
+        body = {"status": "unhealthy" if down else "ok", "reason": reason, "policy_version": gateway.weights.version}
         body["render_servers"] = [{"name": r.name, "url": r.url, "healthy": r.healthy} for r in gateway.renderers]
         return JSONResponse({**body, "replicas": replicas}, status_code=status)
 

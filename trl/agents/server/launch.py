@@ -17,9 +17,11 @@ Not here: what the gateway does (`gateway.py`).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -48,6 +50,12 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-dir", default=None, help="folder for replica logs (default: a new temporary folder)")
     parser.add_argument(
+        "--weight-sync-timeout",
+        type=float,
+        default=120.0,
+        help="deadline of a whole weight sync in seconds (each call to a replica gets half of it)",
+    )
+    parser.add_argument(
         "--render-servers",
         type=int,
         default=None,
@@ -64,6 +72,9 @@ def replica_plan(args: argparse.Namespace, vllm_args: list[str], cpu: bool) -> l
     flags = list(vllm_args)
     if "--enable-scale-out" not in flags:
         flags.append("--enable-scale-out")
+    if not any(f.split("=", 1)[0] == "--weight-transfer-config" for f in flags):
+        # weight sync (weight_sync.py): NCCL on GPUs, this project's shared-memory backend on the CPU build
+        flags += ["--weight-transfer-config", json.dumps({"backend": "trl_agents_shm" if cpu else "nccl"})]
     if cpu:
         flags += cpu_defaults(flags)
     plans = []
@@ -72,7 +83,7 @@ def replica_plan(args: argparse.Namespace, vllm_args: list[str], cpu: bool) -> l
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     devices = visible.split(",") if visible else [str(i) for i in range(args.data_parallel_size * tp)]
     for i in range(args.data_parallel_size):
-        env = {}
+        env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"} if "--enable-lora" in flags else {}
         if cpu:
             if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
                 env["VLLM_CPU_OMP_THREADS_BIND"] = str(i % cores)
@@ -133,12 +144,15 @@ def main(argv: list[str]) -> int:
     import uvicorn
 
     from .gateway import GatewayConfig, create_app
+    from .weight_sync import SyncConfig
 
     args, vllm_args = make_parser().parse_known_args(argv)
     if args.data_parallel_size < 1:
         raise SystemExit("trl vllm-serve-async: --data-parallel-size must be at least 1")
     if args.render_servers is not None and args.render_servers < 0:
         raise SystemExit("trl vllm-serve-async: --render-servers must be 0 or more")
+    if args.weight_sync_timeout <= 0:
+        raise SystemExit("trl vllm-serve-async: --weight-sync-timeout must be positive")
     if not 0 < args.port < 65536:
         raise SystemExit(f"trl vllm-serve-async: --port {args.port} is not a valid port")
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="trl-agents-replicas-"))
@@ -155,27 +169,40 @@ def main(argv: list[str]) -> int:
         raise KeyboardInterrupt  # same clean-up path as Ctrl-C
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    # Bind the gateway's port first: it fails fast if taken, and no replica's own ports can take it meanwhile.
+    listener = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((args.host, args.port))
+    except OSError as exc:
+        listener.close()
+        raise SystemExit(f"trl vllm-serve-async: cannot listen on {args.host}:{args.port}: {exc}") from exc
     try:
         start_replicas([*replicas, *renderers], args.startup_timeout)
         config = GatewayConfig(
             replicas=[(r.name, r.url) for r in replicas],
             render_urls=[r.url for r in renderers],
             api_token=args.api_token,
+            sync=SyncConfig.from_total(args.weight_sync_timeout),
         )
         print(
             f"[vllm-serve-async] gateway on http://{args.host}:{args.port} (sessions: /sessions/{{sid}}/v1)",
             flush=True,
         )
         logging.basicConfig(level=logging.INFO)
-        uvicorn.run(
-            create_app(config), host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(config), host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5
+            )
         )
+        server.run(sockets=[listener])
     except ReplicaError as exc:
         print(f"[vllm-serve-async] {exc}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         return 0  # stopping is what was asked for; the replicas are stopped below
     finally:
+        listener.close()
         print("[vllm-serve-async] stopping replicas", flush=True)
         for server in [*replicas, *renderers]:
             server.stop()

@@ -33,6 +33,7 @@ import aiohttp
 from .routing import ReplicaHandle
 from .sessions import Session, Turn, canonical_message, new_messages
 from .upstream import post_json
+from .weight_sync import Policy
 
 
 # The stand-in history new messages are rendered behind: it ends with an assistant turn, as every recorded
@@ -99,7 +100,7 @@ class Recorder:
 
     # -- chat --------------------------------------------------------------------------------------------------
 
-    async def chat_turn(self, session: Session, replica: ReplicaHandle, body: dict[str, Any], version: int) -> dict:
+    async def chat_turn(self, session: Session, replica: ReplicaHandle, body: dict[str, Any], policy: Policy) -> dict:
         """Run one chat turn of `session` on `replica` and record it; return the OpenAI chat completion."""
         messages = body.get("messages")
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
@@ -117,7 +118,7 @@ class Recorder:
             context = rendered["token_ids"]
         else:
             context = segment.tokens.token_ids + bridge
-        sampled, logprobs, generated = await self._generate(replica, session, context, rendered, body, version)
+        sampled, logprobs, generated = await self._generate(replica, session, context, rendered, body, policy)
         if not body.get("logprobs"):
             generated["choices"][0]["logprobs"] = None  # not asked for: skip converting them back to text
         derender_body = {
@@ -139,7 +140,7 @@ class Recorder:
             segment.messages += [canonical_message(m) for m in delta]
         segment.tokens.add_sampled(sampled, logprobs)
         segment.messages.append(canonical_message(choice["message"]))
-        segment.turns.append(Turn(version, choice.get("finish_reason"), len(context), len(sampled)))
+        segment.turns.append(Turn(policy.version, choice.get("finish_reason"), len(context), len(sampled)))
         return answer
 
     async def _render_chat(self, replica: ReplicaHandle, body: dict[str, Any]) -> dict[str, Any]:
@@ -193,7 +194,7 @@ class Recorder:
     # -- completions -------------------------------------------------------------------------------------------
 
     async def completion_turn(
-        self, session: Session, replica: ReplicaHandle, body: dict[str, Any], version: int
+        self, session: Session, replica: ReplicaHandle, body: dict[str, Any], policy: Policy
     ) -> dict:
         """Run one text-completion turn of `session` and record it; return the OpenAI completion."""
         request = {**body, "stream": False, "stream_options": None}
@@ -206,7 +207,7 @@ class Recorder:
         segment = session.current
         history = segment.tokens.token_ids if segment is not None else []
         extends = segment is not None and len(context) > len(history) and context[: len(history)] == history
-        sampled, logprobs, generated = await self._generate(replica, session, context, rendered, body, version)
+        sampled, logprobs, generated = await self._generate(replica, session, context, rendered, body, policy)
         if body.get("logprobs") is None:
             generated["choices"][0]["logprobs"] = None
         derender_body = {
@@ -224,7 +225,7 @@ class Recorder:
             segment.tokens.add_context(context[len(history) :])
         segment.tokens.add_sampled(sampled, logprobs)
         choice = answer["choices"][0]
-        segment.turns.append(Turn(version, choice.get("finish_reason"), len(context), len(sampled)))
+        segment.turns.append(Turn(policy.version, choice.get("finish_reason"), len(context), len(sampled)))
         if body.get("return_token_ids"):
             choice["prompt_token_ids"], choice["token_ids"] = context, sampled
         return answer
@@ -238,7 +239,7 @@ class Recorder:
         context: list[int],
         rendered: dict[str, Any],
         body: dict[str, Any],
-        version: int,
+        policy: Policy,
     ) -> tuple[list[int], list[float], dict[str, Any]]:
         if len(context) >= self.max_model_len:
             raise TurnError(
@@ -256,8 +257,10 @@ class Recorder:
             "request_id": f"{session.session_id}-{uuid.uuid4().hex[:12]}",
             "token_ids": context,
             "sampling_params": sampling,
-            "cache_salt": f"policy-{version}",  # no prefix-cache reuse across policy versions
+            "cache_salt": f"policy-{policy.version}",  # no prefix-cache reuse across policy versions
         }
+        if policy.lora_name:
+            request["model"] = policy.lora_name  # adapter-only weight sync: the replicas serve the policy as a LoRA
         generated = await post_json(self.client, replica, "/inference/v1/generate", request, self.timeouts.generate)
         choice = generated["choices"][0]
         sampled = choice.get("token_ids") or []

@@ -35,6 +35,11 @@ class ReplicaHandle:
     inflight: int = 0
     sessions: int = 0
     slow_checks: int = 0
+    quarantined: str = ""  # why it must not serve until a weight sync completes on it (see weight_sync.py)
+
+    @property
+    def serving(self) -> bool:
+        return self.healthy and not self.quarantined
 
     def mark_down(self, reason: str) -> None:
         self.healthy, self.reason = False, reason
@@ -56,9 +61,9 @@ class Router:
         return self._by_name[name]
 
     def _healthy(self) -> list[ReplicaHandle]:
-        healthy = [r for r in self.replicas if r.healthy]
+        healthy = [r for r in self.replicas if r.serving]
         if not healthy:
-            reasons = "; ".join(f"{r.name}: {r.reason}" for r in self.replicas)
+            reasons = "; ".join(f"{r.name}: {r.reason or r.quarantined}" for r in self.replicas)
             raise NoReplicaAvailable(f"no healthy replica ({reasons})")
         return healthy
 

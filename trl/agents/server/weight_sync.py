@@ -1,0 +1,298 @@
+"""Weight updates fanned out to every replica: one version everywhere, or the replica is taken out of service.
+
+The trainer drives vLLM's own weight-transfer phases through the gateway (`ServerClient` implements vLLM's
+`VLLMWeightSyncClient` protocol against these routes), so any vLLM backend works unchanged: NCCL on GPUs, this
+project's `trl_agents_shm` on the CPU build.
+
+A sync, step by step:
+
+1. `start`: new turns wait at the gateway, turns in flight finish on the old weights (so every recorded turn has one
+   policy version), every replica pauses with its prefix cache cleared (no reuse of old-version KV), then runs
+   `start_weight_update`.
+2. `update` (once per chunk): `update_weights` on every replica still in the sync.
+3. `finish`: `finish_weight_update` everywhere, the policy version goes up, waiting turns go ahead, replicas resume.
+
+Each call has a deadline, and the whole sync has one (`SyncConfig.total_timeout`): a trainer that dies mid-sync
+cannot leave the gateway paused. A replica that fails or misses a deadline in any phase is *quarantined*: it stops
+receiving sessions (its own sessions get a 503 naming it) until a later sync completes on it, because after
+`start_weight_update` its model holds a mix of old and new tensors. The trainer gets an error naming it; the other
+replicas finish the sync and serve the new version. An aborted sync quarantines every replica it started on.
+
+Adapter-only LoRA (`load_lora`) loads a saved adapter on every replica with vLLM's LoRA API under one name, which the
+gateway then substitutes for the base model in recorded turns.
+
+Not here: the routes (`gateway.py`), the transport (`weights/shm.py` or vLLM's engines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import aiohttp
+
+from .routing import ReplicaHandle, Router
+from .upstream import ReplicaUnreachable, UpstreamError, post_json
+
+
+logger = logging.getLogger("trl.agents.weight_sync")
+
+
+class Policy(NamedTuple):
+    """What a turn samples with: the policy version and, after an adapter-only sync, the LoRA name to request."""
+
+    version: int
+    lora_name: str | None = None
+
+
+class SyncError(Exception):
+    """A sync call failed; `status` is the HTTP status the gateway answers with."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(message)
+
+
+@dataclass
+class SyncConfig:
+    """Deadlines of a weight sync, in seconds."""
+
+    total_timeout: float = 120.0
+    drain_timeout: float = 60.0  # turns in flight must finish within this
+    call_timeout: float = 60.0  # any single call to a replica
+
+    @classmethod
+    def from_total(cls, total: float) -> SyncConfig:
+        """A config whose whole sync takes at most `total` seconds; draining and each replica call get half."""
+        return cls(total_timeout=total, drain_timeout=total / 2, call_timeout=total / 2)
+
+
+@dataclass
+class _Sync:
+    started: float
+    replicas: list[ReplicaHandle]
+    failed: dict[str, str] = field(default_factory=dict)
+    chunks: int = 0
+    touches_weights: bool = False  # after start_weight_update a replica's model may hold a mix of versions
+    watchdog: asyncio.Task | None = None
+
+    def alive(self) -> list[ReplicaHandle]:
+        return [r for r in self.replicas if r.name not in self.failed]
+
+
+class WeightSync:
+    """Policy version, the gate in front of new turns, and the fan-out of weight updates."""
+
+    def __init__(self, router: Router, config: SyncConfig | None = None):
+        self.router = router
+        self.config = config or SyncConfig()
+        self.version = 0
+        self.lora_name: str | None = None
+        self.client: aiohttp.ClientSession | None = None
+        self._ready = asyncio.Event()
+        self._ready.set()
+        self._active_turns = 0
+        self._idle = asyncio.Condition()
+        self._lock = asyncio.Lock()
+        self._sync: _Sync | None = None
+        self.last_sync_seconds = 0.0
+        self.syncs = 0
+        self.failures = 0
+
+    # -- turns -------------------------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def turn(self):
+        """Admit one turn: wait while a sync runs, then yield the `Policy` the turn is sampled with."""
+        await self._ready.wait()
+        self._active_turns += 1
+        try:
+            yield Policy(self.version, self.lora_name)
+        finally:
+            self._active_turns -= 1
+            if self._active_turns == 0:
+                async with self._idle:
+                    self._idle.notify_all()
+
+    @property
+    def syncing(self) -> bool:
+        return self._sync is not None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "syncing": self.syncing,
+            "lora_name": self.lora_name,
+            "quarantined": {r.name: r.quarantined for r in self.router.replicas if r.quarantined},
+            "syncs": self.syncs,
+            "failures": self.failures,
+            "last_sync_seconds": self.last_sync_seconds,
+        }
+
+    # -- phases ------------------------------------------------------------------------------------------------
+
+    async def init(self, init_info: dict | list) -> dict[str, Any]:
+        """`init_weight_transfer_engine` on every reachable replica (a list gives replica i its own element)."""
+        replicas = [r for r in self.router.replicas if r.healthy]
+        if isinstance(init_info, list) and len(init_info) != len(replicas):
+            raise SyncError(400, f"init_info has {len(init_info)} entries for {len(replicas)} healthy replicas")
+        bodies = [
+            {"init_info": info} for info in (init_info if isinstance(init_info, list) else [init_info] * len(replicas))
+        ]
+        failed = await self._fan_out(replicas, "/init_weight_transfer_engine", bodies, self.config.call_timeout)
+        if failed:
+            raise SyncError(502, "init_weight_transfer_engine failed on " + _describe(failed))
+        return {"replicas": [r.name for r in replicas]}
+
+    async def start(self, start_update: bool = True) -> dict[str, Any]:
+        """Hold new turns, drain those in flight, pause every replica, then (unless `start_update` is false)
+        `start_weight_update` on each."""
+        async with self._lock:
+            if self._sync is not None:
+                raise SyncError(409, "a weight sync is already running: finish or abort it first")
+            replicas = [r for r in self.router.replicas if r.healthy]
+            if not replicas:
+                raise SyncError(503, "no reachable replica to update")
+            sync = self._sync = _Sync(time.monotonic(), replicas)
+            self._ready.clear()
+            sync.watchdog = asyncio.create_task(self._watchdog(sync))
+        try:
+            await self._drain()
+            await self._phase(sync, "/pause?mode=wait&clear_cache=true", {})
+            if start_update:
+                sync.touches_weights = True
+                await self._phase(sync, "/start_weight_update", {})
+        except BaseException:
+            await self.abort("start failed")
+            raise
+        return {"version": self.version + 1, "replicas": [r.name for r in sync.alive()], "failed": sync.failed}
+
+    async def update(self, update_info: dict | list) -> dict[str, Any]:
+        sync = self._require_sync()
+        await self._phase(sync, "/update_weights", {"update_info": update_info})
+        sync.chunks += 1
+        return {"replicas": [r.name for r in sync.alive()], "failed": sync.failed}
+
+    async def finish(self) -> dict[str, Any]:
+        sync = self._require_sync()
+        new_version = self.version + 1
+        try:
+            await self._phase(sync, "/finish_weight_update", {"weight_version": str(new_version)})
+        except SyncError:
+            await self.abort("finish failed")
+            raise
+        self.lora_name = None  # full weights replace the policy: a loaded adapter no longer describes it
+        return await self._complete(sync, new_version)
+
+    async def load_lora(self, lora_path: str, lora_name: str) -> dict[str, Any]:
+        """Adapter-only update: load the adapter saved at `lora_path` on every replica under `lora_name`."""
+        await self.start(start_update=False)
+        sync = self._require_sync()
+        body = {"lora_name": lora_name, "lora_path": lora_path, "load_inplace": True}
+        try:
+            await self._phase(sync, "/v1/load_lora_adapter", body)
+        except SyncError:
+            await self.abort("LoRA load failed")
+            raise
+        self.lora_name = lora_name
+        return await self._complete(sync, self.version + 1)
+
+    async def abort(self, reason: str) -> dict[str, Any]:
+        """End the running sync without a new version; replicas it reached are quarantined."""
+        sync = self._sync
+        if sync is None:
+            return {"aborted": False}
+        quarantined = sync.replicas if sync.touches_weights else []
+        for replica in quarantined:
+            replica.quarantined = replica.quarantined or f"weight sync aborted ({reason}): weights may be partial"
+        self.failures += 1
+        await self._release(sync)
+        logger.error("weight sync aborted: %s", reason)
+        return {"aborted": True, "reason": reason, "quarantined": [r.name for r in quarantined]}
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+
+    def _require_sync(self) -> _Sync:
+        if self._sync is None:
+            raise SyncError(409, "no weight sync is running: call start first (or it was aborted after its deadline)")
+        return self._sync
+
+    async def _complete(self, sync: _Sync, new_version: int) -> dict[str, Any]:
+        for replica in sync.alive():
+            replica.quarantined = ""
+        self.version = new_version
+        self.last_sync_seconds = time.monotonic() - sync.started
+        self.syncs += 1
+        failed = dict(sync.failed)
+        await self._release(sync)
+        result = {"version": new_version, "replicas": [r.name for r in sync.alive()], "failed": failed}
+        if failed:
+            self.failures += 1
+            raise SyncError(502, f"version {new_version} is served by {result['replicas']}; " + _describe(failed))
+        return result
+
+    async def _release(self, sync: _Sync) -> None:
+        if sync.watchdog is not None and sync.watchdog is not asyncio.current_task():
+            sync.watchdog.cancel()
+        # a replica that failed stays paused (and quarantined) until a later sync: it may not answer at all
+        reachable = [r for r in sync.alive() if r.healthy]
+        await self._fan_out(reachable, "/resume", [{}] * len(reachable), self.config.call_timeout)
+        self._sync = None
+        self._ready.set()
+
+    async def _drain(self) -> None:
+        async def idle() -> None:
+            async with self._idle:
+                await self._idle.wait_for(lambda: self._active_turns == 0)
+
+        try:
+            await asyncio.wait_for(idle(), min(self.config.drain_timeout, self._remaining()))
+        except asyncio.TimeoutError as exc:
+            raise SyncError(
+                504, f"{self._active_turns} turns still running after {self.config.drain_timeout:.0f} s"
+            ) from exc
+
+    def _remaining(self) -> float:
+        sync = self._sync
+        if sync is None:
+            return self.config.total_timeout
+        return max(0.1, self.config.total_timeout - (time.monotonic() - sync.started))
+
+    async def _phase(self, sync: _Sync, path: str, body: dict) -> None:
+        """Run one call on every replica still in the sync; failures quarantine the replica."""
+        replicas = sync.alive()
+        bodies = [body] * len(replicas)
+        if isinstance(body.get("update_info"), list):  # per-replica payloads
+            infos = body["update_info"]
+            bodies = [{"update_info": infos[self.router.replicas.index(r)]} for r in replicas]
+        failed = await self._fan_out(replicas, path, bodies, min(self.config.call_timeout, self._remaining()))
+        for name, reason in failed.items():
+            sync.failed[name] = f"{path.split('?')[0]}: {reason}"
+            self.router.by_name(name).quarantined = f"weight sync failed in {sync.failed[name]}"
+        if not sync.alive():
+            await self.abort(f"every replica failed {path}")
+            raise SyncError(502, f"weight sync failed on every replica: {_describe(sync.failed)}")
+
+    async def _fan_out(self, replicas: list[ReplicaHandle], path: str, bodies: list, timeout: float) -> dict[str, str]:
+        async def call(replica: ReplicaHandle, body: dict) -> str | None:
+            try:
+                await post_json(self.client, replica, path, body, timeout)
+            except (UpstreamError, ReplicaUnreachable) as exc:
+                return str(exc)
+            return None
+
+        results = await asyncio.gather(*(call(r, b) for r, b in zip(replicas, bodies, strict=True)))
+        return {r.name: e for r, e in zip(replicas, results, strict=True) if e is not None}
+
+    async def _watchdog(self, sync: _Sync) -> None:
+        await asyncio.sleep(self.config.total_timeout)
+        if self._sync is sync:
+            await self.abort(f"not finished within {self.config.total_timeout:.0f} s")
+
+
+def _describe(failed: dict[str, str]) -> str:
+    return "; ".join(f"{name} failed: {reason}" for name, reason in failed.items())
