@@ -45,3 +45,4 @@ clean:
 
 bench: install
 	$(PY) benchmarks/bench_gateway.py
+	$(PY) benchmarks/bench_weight_sync.py

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -20,6 +21,28 @@ SERVE_ARGS = [
     "--tool-call-parser",
     "hermes",
 ]
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "shell",
+            "description": "Run a shell command.",
+            "parameters": {
+                "type": "object",
+                "properties": {"command": {"type": "string"}, "all": {"type": "boolean"}},
+                "required": ["command"],
+            },
+        },
+    }
+]
+# The random model cannot reason or call tools by itself: a structured-output regex makes it produce this turn.
+FORCED_TURN = (
+    '<think>\nList the files first.\n</think>\n\n<tool_call>\n{"name": "shell", "arguments": {"command": "ls", "all": true}}'
+    "\n</tool_call>"
+)
+FORCE = {"structured_outputs": {"regex": re.escape(FORCED_TURN)}}
 
 
 @pytest.fixture

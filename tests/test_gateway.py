@@ -12,29 +12,8 @@ import httpx
 import litellm
 import openai
 import pytest
+from conftest import FORCE, TOOLS
 from transformers import AutoTokenizer
-
-
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "shell",
-            "description": "Run a shell command.",
-            "parameters": {
-                "type": "object",
-                "properties": {"command": {"type": "string"}, "all": {"type": "boolean"}},
-                "required": ["command"],
-            },
-        },
-    }
-]
-# The random model cannot reason or call tools by itself: a structured-output regex makes it produce this turn.
-FORCED_TURN = (
-    '<think>\nList the files first.\n</think>\n\n<tool_call>\n{"name": "shell", "arguments": {"command": "ls", "all": true}}'
-    "\n</tool_call>"
-)
-FORCE = {"structured_outputs": {"regex": re.escape(FORCED_TURN)}}
 
 
 @pytest.fixture(scope="module")

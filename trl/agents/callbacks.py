@@ -47,6 +47,13 @@ class WeightSyncCallback(TrainerCallback):
         if model is None:
             raise ValueError("WeightSyncCallback needs the trainer's model (the trainer passes it to callbacks)")
         version = self.client.update_weights(model, rank=args.process_index, lora=self.lora)
+        if args.world_size > 1:
+            # no process may start its next rollout before rank 0's sync is done, or it samples the old policy
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+                version = self.client.weight_version
         seconds = self.client.last_sync.get("seconds", 0.0) if args.process_index == 0 else 0.0
         self.history.append((state.global_step, version, seconds))
         self._pending_log = {"weight_sync/seconds": seconds, "weight_sync/version": float(version)}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -118,7 +119,9 @@ class Recorder:
             context = rendered["token_ids"]
         else:
             context = segment.tokens.token_ids + bridge
+        started = time.monotonic()
         sampled, logprobs, generated = await self._generate(replica, session, context, rendered, body, policy)
+        seconds = time.monotonic() - started
         if not body.get("logprobs"):
             generated["choices"][0]["logprobs"] = None  # not asked for: skip converting them back to text
         derender_body = {
@@ -140,7 +143,10 @@ class Recorder:
             segment.messages += [canonical_message(m) for m in delta]
         segment.tokens.add_sampled(sampled, logprobs)
         segment.messages.append(canonical_message(choice["message"]))
-        segment.turns.append(Turn(policy.version, choice.get("finish_reason"), len(context), len(sampled)))
+        tools = [call["function"]["name"] for call in choice["message"].get("tool_calls") or []]
+        segment.turns.append(
+            Turn(policy.version, choice.get("finish_reason"), len(context), len(sampled), tools, round(seconds, 4))
+        )
         return answer
 
     async def _render_chat(self, replica: ReplicaHandle, body: dict[str, Any]) -> dict[str, Any]:
@@ -207,7 +213,9 @@ class Recorder:
         segment = session.current
         history = segment.tokens.token_ids if segment is not None else []
         extends = segment is not None and len(context) > len(history) and context[: len(history)] == history
+        started = time.monotonic()
         sampled, logprobs, generated = await self._generate(replica, session, context, rendered, body, policy)
+        seconds = time.monotonic() - started
         if body.get("logprobs") is None:
             generated["choices"][0]["logprobs"] = None
         derender_body = {
@@ -225,7 +233,9 @@ class Recorder:
             segment.tokens.add_context(context[len(history) :])
         segment.tokens.add_sampled(sampled, logprobs)
         choice = answer["choices"][0]
-        segment.turns.append(Turn(policy.version, choice.get("finish_reason"), len(context), len(sampled)))
+        segment.turns.append(
+            Turn(policy.version, choice.get("finish_reason"), len(context), len(sampled), [], round(seconds, 4))
+        )
         if body.get("return_token_ids"):
             choice["prompt_token_ids"], choice["token_ids"] = context, sampled
         return answer

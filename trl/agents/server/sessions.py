@@ -31,8 +31,10 @@ class Turn:
 
     policy_version: int
     finish_reason: str | None
-    prompt_tokens: int
+    prompt_tokens: int  # tokens of the segment before this turn's sampled ones
     completion_tokens: int
+    tool_calls: list[str] = field(default_factory=list)  # names of the tools the turn called, in order
+    seconds: float = 0.0  # engine time of the turn (generation only, not rendering or parsing)
 
 
 @dataclass
