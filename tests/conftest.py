@@ -55,6 +55,13 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return str(build(tmp_path_factory.mktemp("tiny-model")))
 
 
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
 @pytest.fixture(scope="module")
 def vllm_server(tiny_model_dir, tmp_path_factory):
     """vLLM's own OpenAI server on the tiny model, as a subprocess on a free port (about 40 s to start)."""

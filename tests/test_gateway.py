@@ -13,12 +13,6 @@ import litellm
 import openai
 import pytest
 from conftest import FORCE, TOOLS
-from transformers import AutoTokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import psutil
 import pytest
 import torch
 from conftest import API_TOKEN, serve_async
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from trl.agents import ServerClient, ServerError
 from trl.agents.client import ADAPTER_NAME
@@ -44,11 +44,6 @@ def server(tiny_model_dir, tmp_path_factory):
 def client(server):
     with ServerClient(server.url, api_token=API_TOKEN, timeout=120) as client:
         yield client
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,18 @@ __version__ = "0.1.0.dev0"
 
 # public name -> module that defines it (imported on first use)
 _EXPORTS = {
+    "AgentRollout": "rollout",
     "ServerClient": "client",
     "ServerError": "client",
     "WeightSyncCallback": "callbacks",
 }
 
-__all__ = ["ServerClient", "ServerError", "WeightSyncCallback"]
+__all__ = ["AgentRollout", "ServerClient", "ServerError", "WeightSyncCallback"]
 
 if TYPE_CHECKING:
     from .callbacks import WeightSyncCallback
     from .client import ServerClient, ServerError
+    from .rollout import AgentRollout
 
 
 def __getattr__(name: str):

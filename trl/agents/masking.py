@@ -11,6 +11,7 @@ Not here: rendering chat messages or talking to a server. Masks are never recove
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 @dataclass
@@ -53,3 +54,39 @@ class MaskedTokens:
     @property
     def num_sampled(self) -> int:
         return sum(self.mask)
+
+    @classmethod
+    def from_segment(cls, segment: dict) -> MaskedTokens:
+        """Rebuild from one segment of a recorded trajectory (the gateway's format)."""
+        return cls(list(segment["token_ids"]), list(segment["mask"]), list(segment["logprobs"]))
+
+    def labels(self, ignore_index: int = -100) -> list[int]:
+        """Language-modelling labels: the token where the model sampled it, `ignore_index` everywhere else."""
+        return [t if m else ignore_index for t, m in zip(self.token_ids, self.mask, strict=True)]
+
+    def split(self, max_completion_length: int | None = None) -> RolloutRow:
+        """Split into a GRPO row: the prompt (everything before the first sampled token) and the completion.
+
+        The completion keeps the environment's tokens between turns, with `env_mask` 0 and logprob 0.0, so the
+        trainer sees the same context the engine saw. Completions longer than `max_completion_length` are cut at
+        that length; `clipped` says how many tokens were cut.
+        """
+        start = self.prompt_length
+        end = len(self) if max_completion_length is None else min(len(self), start + max_completion_length)
+        return RolloutRow(
+            prompt_ids=self.token_ids[:start],
+            completion_ids=self.token_ids[start:end],
+            env_mask=self.mask[start:end],
+            logprobs=[lp if lp is not None else 0.0 for lp in self.logprobs[start:end]],
+            clipped=len(self) - end,
+        )
+
+
+class RolloutRow(NamedTuple):
+    """One row of upstream `rollout_func` output."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    env_mask: list[int]  # 1 where the model sampled the token
+    logprobs: list[float]  # the engine's logprob of sampled tokens, 0.0 elsewhere
+    clipped: int = 0  # tokens cut off by `max_completion_length`

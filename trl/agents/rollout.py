@@ -1,0 +1,354 @@
+"""`AgentRollout`: upstream `GRPOTrainer`'s `rollout_func` for any agent that speaks the OpenAI API.
+
+`GRPOTrainer(..., rollout_func=AgentRollout(agent, client))` with TRL unchanged. For each prompt the trainer hands
+over (its sampler already repeats every task `num_generations` times, so one entry is one episode), it runs
+`agent(example, base_url)` in its own gateway session, with bounded concurrency and a deadline, reads the recorded
+trajectory and returns upstream's contract: `prompt_ids`, `completion_ids`, `logprobs`, `env_mask` (1 on tokens the
+engine sampled, 0 on everything the environment or template inserted), plus the agent's returned dict and a
+`failure` reason as extra keyword arguments for the reward functions.
+
+Policies, and why:
+
+* **Forks** (the agent rewrote its history, so the session has several segments): the row is the **last** segment.
+  The reward scores the episode's outcome, and the last segment holds the context the final actions were sampled
+  in; concatenating segments would train on contexts the engine never saw. Earlier segments' sampled tokens are
+  not trained on; they are counted (`agent/tokens_dropped_by_forks`).
+* **Overlong** episodes are cut at `max_completion_length` (counted as `agent/clipped`), never an error.
+* **Failures** never stop training: an agent that raises, runs past `timeout`, returns something other than a
+  dict, or leaves no sampled tokens becomes a row with no trainable tokens (`env_mask` all 0) whose `failure`
+  reason (`agent_error`, `timeout`, `bad_result`, `no_tokens`, `trajectory_error`) reaches the reward functions
+  and is counted (`agent/failures/<reason>`, and `totals`). A synchronous agent that hangs cannot be killed: its
+  thread is abandoned (give the agent's OpenAI client a timeout too); a coroutine agent is cancelled.
+
+The row masks come from `masking.MaskedTokens`, the same code the SFT collator uses. Metrics go to the trainer's own
+metric store, so they appear in its logs and every `report_to` integration. Not here: weight sync (add
+`WeightSyncCallback`; this hook warns when the policy version stops moving), rewards, the agents themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .masking import MaskedTokens, RolloutRow
+
+
+logger = logging.getLogger("trl.agents.rollout")
+
+FAILURE_REASONS = ("agent_error", "timeout", "bad_result", "no_tokens", "trajectory_error")
+ROW_KEYS = ("prompt_ids", "completion_ids", "logprobs", "env_mask")
+
+
+class Agent(Protocol):
+    """An episode: work on `example` talking to the model at `base_url` (an OpenAI base URL); return a dict for
+    the rewards (or `None`). May be a plain function or a coroutine function."""
+
+    def __call__(self, example: dict[str, Any], base_url: str) -> dict[str, Any] | None | Awaitable: ...
+
+
+class GatewayClient(Protocol):
+    """What the rollout needs from `trl.agents.ServerClient`."""
+
+    def session_url(self, sid: str) -> str: ...
+    def trajectory(self, sid: str) -> dict[str, Any]: ...
+    def close_session(self, sid: str) -> None: ...
+    @property
+    def weight_version(self) -> int: ...
+
+
+@dataclass
+class Episode:
+    """One agent run and what became of it."""
+
+    session_id: str
+    example: dict[str, Any]
+    result: dict[str, Any] = field(default_factory=dict)
+    failure: str | None = None
+    error: str = ""
+    seconds: float = 0.0
+    trajectory: dict[str, Any] | None = None  # as the gateway recorded it
+
+
+def _is_async(agent) -> bool:
+    return inspect.iscoroutinefunction(agent) or inspect.iscoroutinefunction(type(agent).__call__)
+
+
+def prompt_key(prompt: Any) -> str:
+    """A dataset prompt (text or messages) as a hashable key."""
+    return json.dumps(prompt, sort_keys=True, default=str)
+
+
+class AgentRollout:
+    """Upstream `rollout_func` that runs `agent` once per prompt through a `trl vllm-serve-async` gateway.
+
+    Args:
+        agent: `agent(example, base_url) -> dict | None`, sync or async (see `Agent`).
+        client: A `trl.agents.ServerClient` for the gateway.
+        dataset: The training dataset. The trainer passes only prompts to a `rollout_func`; with the dataset each
+            prompt is looked up to give the agent its whole row (repository, commit, tests ...). Without it, the
+            agent gets `{"prompt": prompt}`.
+        max_concurrency: Episodes running at once in this process.
+        timeout: Seconds one episode may take.
+        max_completion_length: Completion tokens kept per row; by default the trainer's `args.max_completion_length`.
+        progress: Show a progress bar per batch (main process only).
+
+    After each call `last_episodes` holds this process's `Episode`s, `last_metrics` the batch's metrics and `totals`
+    the counts (episodes, turns, failures/<reason>, clipped, ...) over all processes since construction.
+    """
+
+    def __init__(
+        self,
+        agent: Agent | Callable[..., Any],
+        client: GatewayClient,
+        *,
+        dataset=None,
+        max_concurrency: int = 8,
+        timeout: float = 600.0,
+        max_completion_length: int | None = None,
+        progress: bool = True,
+    ):
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, not {timeout}")
+        self.agent = agent
+        self.client = client
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.max_completion_length = max_completion_length
+        self.progress = progress
+        self.examples = self._index(dataset) if dataset is not None else None
+        self.totals: Counter[str] = Counter()
+        self.last_episodes: list[Episode] = []
+        self._run_id = uuid.uuid4().hex[:8]
+        self._batches = 0
+        self._last_version: tuple[int, int] | None = None  # (global_step, policy version) at the previous call
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="agent-rollout-loop", daemon=True).start()
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_concurrency, thread_name_prefix="agent")
+
+    @staticmethod
+    def _index(dataset) -> dict[str, dict[str, Any]]:
+        examples: dict[str, dict[str, Any]] = {}
+        for row in dataset:
+            if "prompt" not in row:
+                raise ValueError(f"dataset rows need a 'prompt' column; this one has {sorted(row)}")
+            key = prompt_key(row["prompt"])
+            if key in examples and examples[key] != dict(row):
+                raise ValueError(
+                    "two dataset rows have the same prompt but different fields, so a prompt cannot name its row: "
+                    f"{str(row['prompt'])[:200]!r}. Make prompts unique (e.g. include the task id)."
+                )
+            examples[key] = dict(row)
+        return examples
+
+    def example_for(self, prompt: Any) -> dict[str, Any]:
+        if self.examples is None:
+            return {"prompt": prompt}
+        try:
+            return dict(self.examples[prompt_key(prompt)])
+        except KeyError:
+            raise KeyError(f"prompt not found in the dataset given to AgentRollout: {str(prompt)[:200]!r}") from None
+
+    # -- the rollout_func contract -----------------------------------------------------------------------------
+
+    def __call__(self, prompts: list[Any], trainer) -> dict[str, list]:
+        rank = getattr(getattr(trainer, "accelerator", None), "process_index", 0)
+        step = getattr(getattr(trainer, "state", None), "global_step", 0)
+        self._check_sync(step)
+        batch = f"{self._run_id}-b{self._batches}-r{rank}"
+        self._batches += 1
+        episodes = [Episode(f"{batch}-{i}", self.example_for(p)) for i, p in enumerate(prompts)]
+        started = time.monotonic()
+        future = asyncio.run_coroutine_threadsafe(
+            self._run_all(episodes, show=self.progress and rank == 0), self._loop
+        )
+        future.result()
+        wall = time.monotonic() - started
+        rows, stats = [], Counter()
+        for prompt, episode in zip(prompts, episodes, strict=True):
+            rows.append(self._row(prompt, episode, trainer, stats))
+        self.last_episodes = episodes
+        self._log(trainer, stats, wall)
+        return self._output(rows, episodes)
+
+    async def _run_all(self, episodes: list[Episode], show: bool) -> None:
+        from tqdm.auto import tqdm
+
+        limit = asyncio.Semaphore(self.max_concurrency)
+        with tqdm(total=len(episodes), desc="agent episodes", unit="ep", disable=not show, leave=False) as bar:
+
+            async def run(episode: Episode) -> None:
+                async with limit:
+                    await self._run_one(episode)
+                bar.update(1)
+                if episode.failure:
+                    bar.set_postfix(failures=sum(1 for e in episodes if e.failure), refresh=False)
+
+            await asyncio.gather(*(run(e) for e in episodes))
+
+    async def _run_one(self, episode: Episode) -> None:
+        url = self.client.session_url(episode.session_id)
+        started = time.monotonic()
+        try:
+            if _is_async(self.agent):
+                result = await asyncio.wait_for(self.agent(dict(episode.example), url), self.timeout)
+            else:
+                call = self._loop.run_in_executor(self._pool, self.agent, dict(episode.example), url)
+                result = await asyncio.wait_for(call, self.timeout)
+                if inspect.isawaitable(result):
+                    result = await asyncio.wait_for(result, max(0.1, self.timeout - (time.monotonic() - started)))
+        except asyncio.TimeoutError:
+            episode.failure, episode.error = "timeout", f"episode ran past its {self.timeout:.0f} s timeout"
+        except Exception as exc:  # an agent's bug must not stop training: recorded, counted, logged
+            episode.failure, episode.error = "agent_error", f"{type(exc).__name__}: {exc}"
+        else:
+            if result is not None and not isinstance(result, dict):
+                episode.failure, episode.error = "bad_result", f"agent returned {type(result).__name__}, not a dict"
+            else:
+                episode.result = result or {}
+        episode.seconds = time.monotonic() - started
+        if episode.failure:
+            logger.warning("episode %s failed (%s): %s", episode.session_id, episode.failure, episode.error)
+
+    # -- rows --------------------------------------------------------------------------------------------------
+
+    def _row(self, prompt: Any, episode: Episode, trainer, stats: Counter) -> RolloutRow:
+        from .client import ServerError
+
+        try:
+            trajectory = self.client.trajectory(episode.session_id)
+        except ServerError as exc:
+            trajectory = None
+            if exc.status != 404 and not episode.failure:  # 404: the agent never called the model
+                episode.failure, episode.error = "trajectory_error", str(exc)
+        else:
+            episode.trajectory = trajectory
+            self.client.close_session(episode.session_id)
+        segments = (trajectory or {}).get("segments") or []
+        max_len = self.max_completion_length or getattr(getattr(trainer, "args", None), "max_completion_length", None)
+        row = MaskedTokens.from_segment(segments[-1]).split(max_len) if segments else None
+        if row is not None and not any(row.env_mask) and not episode.failure:
+            episode.failure, episode.error = "no_tokens", "the episode sampled no tokens"
+        if row is None:
+            episode.failure = episode.failure or "no_tokens"
+            episode.error = episode.error or "the agent never called the model"
+            row = RolloutRow(self._prompt_ids(prompt, trainer), [self._eos_id(trainer)], [0], [0.0])
+        if episode.failure:
+            row = row._replace(env_mask=[0] * len(row.env_mask))  # nothing trainable in a failed episode
+            stats[f"failures/{episode.failure}"] += 1
+        turns = [turn for segment in segments for turn in segment["turns"]]
+        stats["episodes"] += 1
+        stats["turns"] += len(turns)
+        stats["forks"] += max(0, len(segments) - 1)
+        stats["tokens_dropped_by_forks"] += sum(sum(s["mask"]) for s in segments[:-1])
+        stats["tokens_sampled"] += sum(row.env_mask)
+        stats["tokens_inserted"] += len(row.env_mask) - sum(row.env_mask)
+        stats["clipped"] += int(row.clipped > 0)
+        generation = sum(turn.get("seconds", 0.0) for turn in turns)
+        stats["generation_seconds"] += generation
+        stats["agent_seconds"] += max(0.0, episode.seconds - generation)
+        for turn in turns:
+            for tool in turn.get("tool_calls", []):
+                stats[f"tool_calls/{tool}"] += 1
+        return row
+
+    def _prompt_ids(self, prompt: Any, trainer) -> list[int]:
+        tokenizer = getattr(trainer, "processing_class", None)
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+        if tokenizer is None:
+            return [0]
+        text = prompt
+        if isinstance(prompt, list):
+            text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        ids = tokenizer(str(text), add_special_tokens=False)["input_ids"]
+        return list(ids) or [self._eos_id(trainer)]
+
+    @staticmethod
+    def _eos_id(trainer) -> int:
+        tokenizer = getattr(trainer, "processing_class", None)
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+        eos = getattr(tokenizer, "eos_token_id", None)
+        return int(eos) if eos is not None else 0
+
+    def _output(self, rows: list[RolloutRow], episodes: list[Episode]) -> dict[str, list]:
+        output: dict[str, list] = {key: [getattr(row, key) for row in rows] for key in ROW_KEYS}
+        keys = sorted({k for e in episodes for k in e.result})
+        clash = set(keys) & {*ROW_KEYS, "failure"}
+        if clash:
+            raise ValueError(f"the agent returned reserved keys {sorted(clash)}: rename them")
+        for key in keys:
+            output[key] = [e.result.get(key) for e in episodes]
+        output["failure"] = [e.failure for e in episodes]
+        return output
+
+    # -- observability -----------------------------------------------------------------------------------------
+
+    def _check_sync(self, step: int) -> None:
+        try:
+            version = self.client.weight_version
+        except Exception as exc:  # the gateway's error text is in the message; rollouts will fail loudly below
+            logger.warning("could not read the policy version: %s", exc)
+            return
+        if self._last_version is not None:
+            last_step, last_version = self._last_version
+            if step > last_step and version == last_version:
+                logger.warning(
+                    "the trainer took %d optimizer step(s) since the last rollout but the server still serves policy "
+                    "version %d: episodes are sampled from stale weights. Add "
+                    "`trl.agents.WeightSyncCallback(client)` to the trainer's callbacks.",
+                    step - last_step,
+                    version,
+                )
+        self._last_version = (step, version)
+
+    def _log(self, trainer, stats: Counter, wall: float) -> None:
+        accelerator = getattr(trainer, "accelerator", None)
+        if accelerator is not None and accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            merged: Counter[str] = Counter()
+            for part in gather_object([dict(stats)]):
+                merged.update(part)
+            stats = merged
+        self.totals.update({k: v for k, v in stats.items() if not k.endswith("_seconds")})
+        episodes = max(1, stats["episodes"])
+        metrics = {
+            "agent/episodes": stats["episodes"],
+            "agent/episodes_per_hour": 3600.0 * stats["episodes"] / max(wall, 1e-9),
+            "agent/turns_per_episode": stats["turns"] / episodes,
+            "agent/forks": stats["forks"],
+            "agent/tokens_dropped_by_forks": stats["tokens_dropped_by_forks"],
+            "agent/tokens_sampled": stats["tokens_sampled"],
+            "agent/tokens_inserted": stats["tokens_inserted"],
+            "agent/clipped": stats["clipped"],
+            "agent/generation_seconds_per_episode": stats["generation_seconds"] / episodes,
+            "agent/agent_seconds_per_episode": stats["agent_seconds"] / episodes,
+            "agent/batch_seconds": wall,
+        }
+        for reason in FAILURE_REASONS:
+            metrics[f"agent/failures/{reason}"] = stats.get(f"failures/{reason}", 0)
+        metrics.update({f"agent/{k}": v for k, v in stats.items() if k.startswith("tool_calls/")})
+        self.last_metrics = metrics
+        store = getattr(trainer, "_metrics", None)  # GRPOTrainer averages these into each log line
+        if store is not None:
+            mode = "train" if getattr(getattr(trainer, "model", None), "training", True) else "eval"
+            for key, value in metrics.items():
+                store[mode][key].append(float(value))
+
+    last_metrics: dict[str, float] = {}
+
+    def close(self) -> None:
+        """Stop the background event loop and threads (episodes still running are abandoned)."""
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._pool.shutdown(wait=False, cancel_futures=True)
