@@ -75,7 +75,8 @@ def bench_model(name: str, model_dir: Path, workdir: Path, syncs: int) -> dict:
 
     logs = workdir / f"logs-{name}"
     args = ["--data-parallel-size", "2", "--api-token", TOKEN, "--log-dir", str(logs), "--dtype", "float32",
-            "--max-model-len", "1024", "--render-servers", "0"]  # fmt: skip
+            "--max-model-len", "1024", "--render-servers", "0",
+            "--kv-cache-memory-bytes", str(256 << 20)]  # explicit KV size: weights then fit next to it  # fmt: skip
     print(f"[{name}] starting 2 replicas (logs in {logs}) ...", file=sys.stderr, flush=True)
     with ServeAsyncProcess(str(model_dir), args=args, startup_timeout=900, log_path=workdir / f"{name}.log") as server:
         client = ServerClient(server.url, api_token=TOKEN, timeout=600)
@@ -115,17 +116,15 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}: choose from tiny, 0.6b")
     workdir = Path(tempfile.mkdtemp(prefix="bench-weight-sync-"))
-    try:
-        tiny = build(workdir / "tiny")
-        results = []
-        for name in names:
-            model_dir = tiny
-            if name == "0.6b":
-                print("[0.6b] building the random Qwen3-0.6B-shaped model ...", file=sys.stderr, flush=True)
-                model_dir = build_qwen3_06b_shaped(workdir / "qwen3-0.6b-shaped", tiny)
-            results.append(bench_model(name, model_dir, workdir, args.syncs))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    tiny = build(workdir / "tiny")
+    results = []
+    for name in names:
+        model_dir = tiny
+        if name == "0.6b":
+            print("[0.6b] building the random Qwen3-0.6B-shaped model ...", file=sys.stderr, flush=True)
+            model_dir = build_qwen3_06b_shaped(workdir / "qwen3-0.6b-shaped", tiny)
+        results.append(bench_model(name, model_dir, workdir, args.syncs))  # on failure the logs stay in workdir
+    shutil.rmtree(workdir, ignore_errors=True)
     print("\n| model | bytes | sync (trainer call) | of which gateway | memcpy floor | sync / floor |")
     print("|---|---|---|---|---|---|")
     for r in results:

@@ -16,16 +16,27 @@ __version__ = "0.1.0.dev0"
 # public name -> module that defines it (imported on first use)
 _EXPORTS = {
     "AgentRollout": "rollout",
+    "DataCollatorForAgentTrajectories": "collator",
+    "filter_by_reward": "data",
     "ServerClient": "client",
     "ServerError": "client",
     "WeightSyncCallback": "callbacks",
 }
 
-__all__ = ["AgentRollout", "ServerClient", "ServerError", "WeightSyncCallback"]
+__all__ = [
+    "AgentRollout",
+    "DataCollatorForAgentTrajectories",
+    "ServerClient",
+    "ServerError",
+    "WeightSyncCallback",
+    "filter_by_reward",
+]
 
 if TYPE_CHECKING:
     from .callbacks import WeightSyncCallback
     from .client import ServerClient, ServerError
+    from .collator import DataCollatorForAgentTrajectories
+    from .data import filter_by_reward
     from .rollout import AgentRollout
 
 

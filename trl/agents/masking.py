@@ -90,3 +90,18 @@ class RolloutRow(NamedTuple):
     env_mask: list[int]  # 1 where the model sampled the token
     logprobs: list[float]  # the engine's logprob of sampled tokens, 0.0 elsewhere
     clipped: int = 0  # tokens cut off by `max_completion_length`
+
+
+def last_turn_only(tokens: MaskedTokens) -> MaskedTokens:
+    """The same tokens with only the last run of sampled tokens kept trainable (completion-only training)."""
+    mask = list(tokens.mask)
+    end = len(mask)
+    while end and not mask[end - 1]:
+        end -= 1
+    start = end
+    while start and mask[start - 1]:
+        start -= 1
+    keep = [1 if start <= i < end else 0 for i in range(len(mask))]
+    return MaskedTokens(
+        list(tokens.token_ids), keep, [lp if k else None for lp, k in zip(tokens.logprobs, keep, strict=True)]
+    )

@@ -31,16 +31,13 @@ from typing import Any
 
 import aiohttp
 
+from ..turns import ANCHOR, ANCHOR_CONTENT, Anchor, TemplateError
 from .routing import ReplicaHandle
 from .sessions import Session, Turn, canonical_message, new_messages
 from .upstream import post_json
 from .weight_sync import Policy
 
 
-# The stand-in history new messages are rendered behind: it ends with an assistant turn, as every recorded
-# segment does after a generation.
-ANCHOR_CONTENT = "."
-ANCHOR = [{"role": "user", "content": ANCHOR_CONTENT}, {"role": "assistant", "content": ANCHOR_CONTENT}]
 # Sampling fields a client may set that keep their name in vLLM's SamplingParams. vLLM's render output omits fields
 # equal to SamplingParams' defaults (max_tokens=16, temperature=1.0, ...), and /inference/v1/generate then treats
 # them as unset and applies the model's generation-config defaults instead; so the client's values are re-asserted.
@@ -59,15 +56,6 @@ class TurnError(Exception):
     def __init__(self, status: int, message: str):
         self.status = status
         super().__init__(message)
-
-
-@dataclass
-class Anchor:
-    """The rendered stand-in history: its ids, where the text after its end-of-turn token starts, that token."""
-
-    token_ids: list[int]
-    tail_start: int
-    end_of_turn: int
 
 
 @dataclass
@@ -158,13 +146,7 @@ class Recorder:
         self, replica: ReplicaHandle, body: dict[str, Any], rendered: list[int], history: list[int]
     ) -> list[int] | None:
         """Tokens to append to `history` for the new messages rendered behind the anchor; `None` if impossible."""
-        anchor = await self._anchor(replica, body)
-        if rendered[: len(anchor.token_ids)] != anchor.token_ids:
-            return None  # the template renders the stand-in differently once more messages follow
-        bridge = rendered[anchor.tail_start :]
-        if not history or history[-1] != anchor.end_of_turn:
-            bridge = [anchor.end_of_turn, *bridge]  # the last turn stopped early (length, stop string): close it
-        return bridge
+        return (await self._anchor(replica, body)).bridge(rendered, history)
 
     async def _anchor(self, replica: ReplicaHandle, body: dict[str, Any]) -> Anchor:
         """The anchor for this request's template settings, computed once (concurrent callers share the work)."""
@@ -185,12 +167,10 @@ class Recorder:
             {"model": body.get("model"), "prompt": ANCHOR_CONTENT, "add_special_tokens": False},
             self.timeouts.render,
         )
-        marker_ids = marker["tokens"]
-        end = _rfind(rendered, marker_ids)
-        if end < 0 or end + len(marker_ids) >= len(rendered):
-            raise TurnError(500, "cannot locate the end of an assistant turn in this chat template's rendering")
-        end += len(marker_ids)
-        return Anchor(rendered, end + 1, rendered[end])
+        try:
+            return Anchor.find(rendered, marker["tokens"])
+        except TemplateError as exc:
+            raise TurnError(500, str(exc)) from exc
 
     async def _stop_ids(self, replica: ReplicaHandle, body: dict[str, Any], rendered: dict[str, Any]) -> set[int]:
         """Token ids that end a turn: the template's end-of-turn token and the request's `stop_token_ids`."""
@@ -311,10 +291,3 @@ def _without_stop_token(generated: dict[str, Any], stop_ids: set[int]) -> dict[s
     if choice.get("logprobs") and choice["logprobs"].get("content"):
         trimmed["logprobs"] = {**choice["logprobs"], "content": choice["logprobs"]["content"][:-1]}
     return {**generated, "choices": [trimmed]}
-
-
-def _rfind(haystack: list[int], needle: list[int]) -> int:
-    for start in range(len(haystack) - len(needle), -1, -1):
-        if haystack[start : start + len(needle)] == needle:
-            return start
-    return -1
