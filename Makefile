@@ -46,3 +46,4 @@ clean:
 bench: install
 	$(PY) benchmarks/bench_gateway.py
 	$(PY) benchmarks/bench_weight_sync.py
+	$(PY) benchmarks/bench_collator.py
