@@ -81,15 +81,20 @@ def bench_model(name: str, model_dir: Path, workdir: Path, syncs: int) -> dict:
     with ServeAsyncProcess(str(model_dir), args=args, startup_timeout=900, log_path=workdir / f"{name}.log") as server:
         client = ServerClient(server.url, api_token=TOKEN, timeout=600)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        times, gateway_times = [], []
+        times, gateway_times, phases = [], [], []
         for i in range(syncs):
             with torch.no_grad():
                 for param in model.parameters():
                     param.mul_(1.0 + 1e-3 * (i + 1))
             version = client.update_weights(model)
             times.append(client.last_sync["seconds"])
+            phases.append({k: round(v, 3) for k, v in client.last_sync.items() if k.endswith("_seconds")})
             gateway_times.append(client.weight_status()["last_sync_seconds"])
-            print(f"[{name}] sync {i + 1}: version {version}, {times[-1]:.3f} s", file=sys.stderr, flush=True)
+            print(
+                f"[{name}] sync {i + 1}: version {version}, {times[-1]:.3f} s {phases[-1]}",
+                file=sys.stderr,
+                flush=True,
+            )
         nbytes = int(client.last_sync["bytes"])
         client.close()
     floor = memcpy_seconds(nbytes)
@@ -102,6 +107,7 @@ def bench_model(name: str, model_dir: Path, workdir: Path, syncs: int) -> dict:
         "memcpy_seconds": floor,
         "ratio": sync / floor,
         "all_sync_seconds": times,
+        "phases": phases,
     }
 
 

@@ -45,7 +45,7 @@ class ServerClient:
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
         self.transfer = transfer
         self._engines: dict[int, Any] = {}
-        self.last_sync: dict[str, float] = {}
+        self.last_sync: dict[str, float] = {}  # seconds, bytes and per-phase seconds of the last sync
 
     def close(self) -> None:
         """Close the connection (and delete the last saved LoRA adapter: the replicas no longer need it)."""
@@ -162,9 +162,14 @@ class ServerClient:
         if rank != 0:
             return self.weight_version
         version = self._finished_version
+        seconds = time.perf_counter() - start
+        phases = getattr(engine.client, "phases", {})
         self.last_sync = {
-            "seconds": time.perf_counter() - start,
+            "seconds": seconds,
             "bytes": float(getattr(engine, "bytes_sent", source.nbytes())),
+            # replicas: waiting on the gateway's phases; trainer: everything else (gathering, writing chunks)
+            **{f"{phase}_seconds": value for phase, value in phases.items()},
+            "trainer_seconds": seconds - sum(phases.values()),
         }
         return version
 
@@ -217,20 +222,29 @@ def _dir_bytes(directory: Path) -> int:
 
 class _SyncProtocol:
     """vLLM's `VLLMWeightSyncClient` protocol over the gateway's `/weights/*` routes (what vLLM's trainer-side
-    transfer engines call during `send_weights`)."""
+    transfer engines call during `send_weights`). Seconds spent waiting on each phase add up in `phases`."""
 
     def __init__(self, client: ServerClient):
         self.client = client
+        self.phases: dict[str, float] = {}
+
+    def _timed(self, phase: str, path: str, body: dict) -> Any:
+        start = time.perf_counter()
+        try:
+            return self.client._call("POST", path, body)
+        finally:
+            self.phases[phase] = self.phases.get(phase, 0.0) + time.perf_counter() - start
 
     def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
-        self.client._call("POST", "/weights/init", {"init_info": init_info})
+        self._timed("init", "/weights/init", {"init_info": init_info})
 
     def start_weight_update(self) -> None:
-        self.client._call("POST", "/weights/start", {})
+        self.phases = {}
+        self._timed("start", "/weights/start", {})
 
     def update_weights(self, update_info: Any) -> None:
-        self.client._call("POST", "/weights/update", {"update_info": update_info})
+        self._timed("update", "/weights/update", {"update_info": update_info})
 
     def finish_weight_update(self, weight_version: str | None = None) -> None:
-        answer = self.client._call("POST", "/weights/finish", {})
+        answer = self._timed("finish", "/weights/finish", {})
         self.client._finished_version = int(answer["version"])
