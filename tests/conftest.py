@@ -55,6 +55,17 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return str(build(tmp_path_factory.mktemp("tiny-model")))
 
 
+def trainer_logprobs(model, token_ids: list[int], start: int):
+    """The model's logprob of each of `token_ids[start:]` given what precedes it, and the best logprob at each of
+    those positions (one float32 forward pass, no gradient)."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.tensor([token_ids])).logits[0, start - 1 : len(token_ids) - 1].float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    return logprobs.gather(1, torch.tensor(token_ids[start:])[:, None])[:, 0], logprobs.max(-1).values
+
+
 @pytest.fixture(scope="session")
 def tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer

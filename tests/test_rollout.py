@@ -14,7 +14,7 @@ from pathlib import Path
 import openai
 import pytest
 import torch
-from conftest import API_TOKEN, FORCE, TOOLS
+from conftest import API_TOKEN, FORCE, TOOLS, trainer_logprobs
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
@@ -92,13 +92,6 @@ def fresh_model(model_dir):
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
 
 
-def trainer_logprobs(model, prompt_ids, completion_ids) -> torch.Tensor:
-    ids = torch.tensor([prompt_ids + completion_ids])
-    with torch.no_grad():
-        logits = model(ids).logits[0, len(prompt_ids) - 1 : -1].float()
-    return torch.log_softmax(logits, -1).gather(1, torch.tensor(completion_ids)[:, None])[:, 0]
-
-
 def test_rows_match_the_trajectory_and_the_engine_logprobs(gateway, client, tiny_model_dir, tokenizer, tmp_path):
     """Before any update the trainer's recomputed logprobs of sampled tokens agree with the engine's."""
     model = fresh_model(tiny_model_dir)
@@ -130,7 +123,7 @@ def test_rows_match_the_trajectory_and_the_engine_logprobs(gateway, client, tiny
         start = turn["prompt_tokens"] - len(prompt_ids)
         free = slice(start, start + turn["completion_tokens"])
         assert all(env_mask[free])
-        mine = trainer_logprobs(model, prompt_ids, completion_ids)
+        mine, _ = trainer_logprobs(model, prompt_ids + completion_ids, len(prompt_ids))
         diffs.append((mine[free] - torch.tensor(logprobs[free])).abs())
     diffs = torch.cat(diffs)
     print(

@@ -19,7 +19,7 @@ import openai
 import psutil
 import pytest
 import torch
-from conftest import API_TOKEN, serve_async
+from conftest import API_TOKEN, serve_async, trainer_logprobs
 from transformers import AutoModelForCausalLM
 
 from trl.agents import ServerClient, ServerError
@@ -76,26 +76,14 @@ def replica_greedy(url: str, model_name: str, prompt_ids: list[int], max_tokens:
     return choice["token_ids"], choice["logprobs"]["token_logprobs"]
 
 
-def trainer_logprobs(model, token_ids: list[int], start: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The trainer model's logprob of each token from `start` on, and its greedy token at those positions."""
-    with torch.no_grad():
-        logits = model(torch.tensor([token_ids])).logits[0].float()
-    logprobs = torch.log_softmax(logits[start - 1 : len(token_ids) - 1], dim=-1)
-    targets = torch.tensor(token_ids[start:])
-    return logprobs.gather(1, targets[:, None])[:, 0], logprobs.argmax(-1)
-
-
 def compare(model, url: str, model_name: str, prompt_ids: list[int]) -> float:
     """Largest logprob difference between a replica's greedy completion and the trainer model on the same tokens.
 
     Also checks each greedy token is the trainer's argmax (or tied with it within ATOL)."""
     sampled, served = replica_greedy(url, model_name, prompt_ids)
-    mine, argmax = trainer_logprobs(model, prompt_ids + sampled, len(prompt_ids))
+    mine, best = trainer_logprobs(model, prompt_ids + sampled, len(prompt_ids))
     diff = (mine - torch.tensor(served, dtype=torch.float32)).abs().max().item()
     if diff <= ATOL:
-        with torch.no_grad():
-            logits = model(torch.tensor([prompt_ids + sampled])).logits[0, len(prompt_ids) - 1 : -1]
-        best = torch.log_softmax(logits.float(), -1).max(-1).values
         assert ((best - mine) <= ATOL).all(), f"replica {url} did not pick the trainer's greedy tokens"
     return diff
 

@@ -44,7 +44,8 @@ class ServerClient:
         headers = {"Authorization": f"Bearer {api_token}"} if api_token else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
         self.transfer = transfer
-        self._engines: dict[int, Any] = {}
+        self._engines: dict[int, Any] = {}  # id(model) -> vLLM trainer-side transfer engine
+        self._adapter_dir: Path | None = None  # the last adapter the replicas loaded (they read it lazily)
         self.last_sync: dict[str, float] = {}  # seconds, bytes and per-phase seconds of the last sync
 
     def close(self) -> None:
@@ -161,9 +162,9 @@ class ServerClient:
             raise
         if rank != 0:
             return self.weight_version
-        version = self._finished_version
+        version = engine.client.version
         seconds = time.perf_counter() - start
-        phases = getattr(engine.client, "phases", {})
+        phases = engine.client.phases
         self.last_sync = {
             "seconds": seconds,
             "bytes": float(getattr(engine, "bytes_sent", source.nbytes())),
@@ -209,9 +210,6 @@ class ServerClient:
         except ServerError as exc:  # the original error is what the caller needs; this one is logged
             logger.error("could not abort the weight sync: %s", exc)
 
-    _finished_version: int = 0
-    _adapter_dir: Path | None = None
-
 
 ADAPTER_NAME = "trl-agents-policy"
 
@@ -227,6 +225,7 @@ class _SyncProtocol:
     def __init__(self, client: ServerClient):
         self.client = client
         self.phases: dict[str, float] = {}
+        self.version = 0  # the policy version the last finished sync created
 
     def _timed(self, phase: str, path: str, body: dict) -> Any:
         start = time.perf_counter()
@@ -246,5 +245,4 @@ class _SyncProtocol:
         self._timed("update", "/weights/update", {"update_info": update_info})
 
     def finish_weight_update(self, weight_version: str | None = None) -> None:
-        answer = self._timed("finish", "/weights/finish", {})
-        self.client._finished_version = int(answer["version"])
+        self.version = int(self._timed("finish", "/weights/finish", {})["version"])

@@ -98,7 +98,7 @@ class DataCollatorForAgentTrajectories:
     def encode(self, feature: dict[str, Any]) -> MaskedTokens:
         """One feature's tokens and mask, before truncation and padding."""
         if "token_ids" in feature and "mask" in feature:
-            tokens = MaskedTokens(list(feature["token_ids"]), list(feature["mask"]), [None] * len(feature["mask"]))
+            tokens = MaskedTokens.from_segment(feature)
         elif "messages" in feature:
             tools = feature.get("tools") or None
             key = json.dumps(tools, sort_keys=True)

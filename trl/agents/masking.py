@@ -57,8 +57,9 @@ class MaskedTokens:
 
     @classmethod
     def from_segment(cls, segment: dict) -> MaskedTokens:
-        """Rebuild from one segment of a recorded trajectory (the gateway's format)."""
-        return cls(list(segment["token_ids"]), list(segment["mask"]), list(segment["logprobs"]))
+        """Rebuild from one segment of a recorded trajectory (the gateway's format; `logprobs` may be left out)."""
+        mask = list(segment["mask"])
+        return cls(list(segment["token_ids"]), mask, list(segment.get("logprobs") or [None] * len(mask)))
 
     def labels(self, ignore_index: int = -100) -> list[int]:
         """Language-modelling labels: the token where the model sampled it, `ignore_index` everywhere else."""

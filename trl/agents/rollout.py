@@ -79,6 +79,12 @@ class Episode:
     trajectory: dict[str, Any] | None = None  # as the gateway recorded it
 
 
+def _tokenizer(trainer):
+    """The trainer's tokenizer (a processor's own tokenizer for multimodal models), or `None`."""
+    processing = getattr(trainer, "processing_class", None)
+    return getattr(processing, "tokenizer", processing)
+
+
 def _is_async(agent) -> bool:
     return inspect.iscoroutinefunction(agent) or inspect.iscoroutinefunction(type(agent).__call__)
 
@@ -130,6 +136,7 @@ class AgentRollout:
         self.examples = self._index(dataset) if dataset is not None else None
         self.totals: Counter[str] = Counter()
         self.last_episodes: list[Episode] = []
+        self.last_metrics: dict[str, float] = {}
         self._run_id = uuid.uuid4().hex[:8]
         self._batches = 0
         self._last_version: tuple[int, int] | None = None  # (global_step, policy version) at the previous call
@@ -218,24 +225,26 @@ class AgentRollout:
             else:
                 episode.result = result or {}
         episode.seconds = time.monotonic() - started
+        await asyncio.to_thread(self._collect, episode)  # while other episodes still run
         if episode.failure:
             logger.warning("episode %s failed (%s): %s", episode.session_id, episode.failure, episode.error)
 
     # -- rows --------------------------------------------------------------------------------------------------
 
-    def _row(self, prompt: Any, episode: Episode, trainer, stats: Counter) -> RolloutRow:
+    def _collect(self, episode: Episode) -> None:
+        """Read the episode's trajectory and free its session on the gateway."""
         from .client import ServerError
 
         try:
-            trajectory = self.client.trajectory(episode.session_id)
+            episode.trajectory = self.client.trajectory(episode.session_id)
         except ServerError as exc:
-            trajectory = None
             if exc.status != 404 and not episode.failure:  # 404: the agent never called the model
                 episode.failure, episode.error = "trajectory_error", str(exc)
         else:
-            episode.trajectory = trajectory
             self.client.close_session(episode.session_id)
-        segments = (trajectory or {}).get("segments") or []
+
+    def _row(self, prompt: Any, episode: Episode, trainer, stats: Counter) -> RolloutRow:
+        segments = (episode.trajectory or {}).get("segments") or []
         max_len = self.max_completion_length or getattr(getattr(trainer, "args", None), "max_completion_length", None)
         row = MaskedTokens.from_segment(segments[-1]).split(max_len) if segments else None
         if row is not None and not any(row.env_mask) and not episode.failure:
@@ -264,8 +273,7 @@ class AgentRollout:
         return row
 
     def _prompt_ids(self, prompt: Any, trainer) -> list[int]:
-        tokenizer = getattr(trainer, "processing_class", None)
-        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+        tokenizer = _tokenizer(trainer)
         if tokenizer is None:
             return [0]
         text = prompt
@@ -276,9 +284,7 @@ class AgentRollout:
 
     @staticmethod
     def _eos_id(trainer) -> int:
-        tokenizer = getattr(trainer, "processing_class", None)
-        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-        eos = getattr(tokenizer, "eos_token_id", None)
+        eos = getattr(_tokenizer(trainer), "eos_token_id", None)
         return int(eos) if eos is not None else 0
 
     def _output(self, rows: list[RolloutRow], episodes: list[Episode]) -> dict[str, list]:
@@ -345,8 +351,6 @@ class AgentRollout:
             mode = "train" if getattr(getattr(trainer, "model", None), "training", True) else "eval"
             for key, value in metrics.items():
                 store[mode][key].append(float(value))
-
-    last_metrics: dict[str, float] = {}
 
     def close(self) -> None:
         """Stop the background event loop and threads (episodes still running are abandoned)."""

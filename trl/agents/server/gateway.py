@@ -225,7 +225,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
             if not replica.serving:
                 return gateway.fail(
                     503,
-                    f"{replica.name}, which serves session {sid}, is down: {replica.reason or replica.quarantined}",
+                    f"{replica.name}, which serves session {sid}, is down: {replica.down_reason}",
                     "ServiceUnavailableError",
                 )
             before = sum(len(s.tokens) for s in session.segments), sum(s.tokens.num_sampled for s in session.segments)
@@ -295,57 +295,44 @@ def create_app(config: GatewayConfig) -> FastAPI:
         gateway.router.release_session(session.replica)
         return {"deleted": sid}
 
-    async def sync_call(request: Request, run) -> JSONResponse:
-        if not gateway.authorized(request):
-            return unauthorized()
-        body = await read_json(request) if (await request.body()) else {}
-        if isinstance(body, JSONResponse):
-            return body
-        try:
-            return JSONResponse(await run(body))
-        except SyncError as exc:
-            return gateway.fail(exc.status, str(exc), "WeightSyncError")
-
     def field_of(body: dict, name: str, kinds: tuple[type, ...]):
         value = body.get(name)
         if not isinstance(value, kinds):
             raise SyncError(400, f"`{name}` is required ({' or '.join(k.__name__ for k in kinds)})")
         return value
 
+    weights = gateway.weights
+    sync_routes = {  # POST /weights/<name>: what the route runs with the request's JSON body
+        "init": lambda b: weights.init(field_of(b, "init_info", (dict, list))),
+        "start": lambda b: weights.start(),
+        "update": lambda b: weights.update(field_of(b, "update_info", (dict, list))),
+        "finish": lambda b: weights.finish(),
+        "abort": lambda b: weights.abort(str(b.get("reason") or "asked by the trainer")),
+        "lora": lambda b: weights.load_lora(field_of(b, "lora_path", (str,)), field_of(b, "lora_name", (str,))),
+    }
+
+    def sync_route(run):
+        async def route(request: Request) -> JSONResponse:
+            if not gateway.authorized(request):
+                return unauthorized()
+            body = await read_json(request) if (await request.body()) else {}
+            if isinstance(body, JSONResponse):
+                return body
+            try:
+                return JSONResponse(await run(body))
+            except SyncError as exc:
+                return gateway.fail(exc.status, str(exc), "WeightSyncError")
+
+        return route
+
+    for name, run in sync_routes.items():
+        app.add_api_route(f"/weights/{name}", sync_route(run), methods=["POST"], name=f"weights_{name}")
+
     @app.get("/weights")
     async def weights_status(request: Request):
         if not gateway.authorized(request):
             return unauthorized()
-        return gateway.weights.status()
-
-    @app.post("/weights/init")
-    async def weights_init(request: Request):
-        return await sync_call(request, lambda b: gateway.weights.init(field_of(b, "init_info", (dict, list))))
-
-    @app.post("/weights/start")
-    async def weights_start(request: Request):
-        return await sync_call(request, lambda b: gateway.weights.start())
-
-    @app.post("/weights/update")
-    async def weights_update(request: Request):
-        return await sync_call(request, lambda b: gateway.weights.update(field_of(b, "update_info", (dict, list))))
-
-    @app.post("/weights/finish")
-    async def weights_finish(request: Request):
-        return await sync_call(request, lambda b: gateway.weights.finish())
-
-    @app.post("/weights/abort")
-    async def weights_abort(request: Request):
-        return await sync_call(
-            request, lambda b: gateway.weights.abort(str(b.get("reason") or "asked by the trainer"))
-        )
-
-    @app.post("/weights/lora")
-    async def weights_lora(request: Request):
-        return await sync_call(
-            request,
-            lambda b: gateway.weights.load_lora(field_of(b, "lora_path", (str,)), field_of(b, "lora_name", (str,))),
-        )
+        return weights.status()
 
     @app.get("/health")
     async def health():
@@ -361,9 +348,9 @@ def create_app(config: GatewayConfig) -> FastAPI:
             for r in gateway.router.replicas
         ]
         servers = [*gateway.router.replicas, *gateway.renderers]
-        down = [r for r in servers if not (r.healthy and not getattr(r, "quarantined", ""))]
+        down = [r for r in servers if not r.serving]
         status = 503 if down else 200
-        reason = "; ".join(f"{r.name} is down: {r.reason or r.quarantined}" for r in down)
+        reason = "; ".join(f"{r.name} is down: {r.down_reason}" for r in down)
         body = {"status": "unhealthy" if down else "ok", "reason": reason, "policy_version": gateway.weights.version}
         body["render_servers"] = [{"name": r.name, "url": r.url, "healthy": r.healthy} for r in gateway.renderers]
         return JSONResponse({**body, "replicas": replicas}, status_code=status)

@@ -34,7 +34,7 @@ import aiohttp
 from ..turns import ANCHOR, ANCHOR_CONTENT, Anchor, TemplateError
 from .routing import ReplicaHandle
 from .sessions import Session, Turn, canonical_message, new_messages
-from .upstream import post_json
+from .upstream import GatewayError, post_json
 from .weight_sync import Policy
 
 
@@ -50,12 +50,8 @@ SAMPLING_FIELDS = (
 TEMPLATE_FIELDS = ("tools", "chat_template", "chat_template_kwargs", "documents", "add_special_tokens")
 
 
-class TurnError(Exception):
-    """A request the gateway refuses itself (not vLLM); `status` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str):
-        self.status = status
-        super().__init__(message)
+class TurnError(GatewayError):
+    """A turn the gateway refuses itself."""
 
 
 @dataclass

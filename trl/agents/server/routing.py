@@ -41,6 +41,11 @@ class ReplicaHandle:
     def serving(self) -> bool:
         return self.healthy and not self.quarantined
 
+    @property
+    def down_reason(self) -> str:
+        """Why it is not serving ("" when it is)."""
+        return "" if self.serving else (self.reason or self.quarantined)
+
     def mark_down(self, reason: str) -> None:
         self.healthy, self.reason = False, reason
 
@@ -63,7 +68,7 @@ class Router:
     def _healthy(self) -> list[ReplicaHandle]:
         healthy = [r for r in self.replicas if r.serving]
         if not healthy:
-            reasons = "; ".join(f"{r.name}: {r.reason or r.quarantined}" for r in self.replicas)
+            reasons = "; ".join(f"{r.name}: {r.down_reason}" for r in self.replicas)
             raise NoReplicaAvailable(f"no healthy replica ({reasons})")
         return healthy
 

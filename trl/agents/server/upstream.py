@@ -30,6 +30,14 @@ class UpstreamError(Exception):
         super().__init__(f"{replica} answered {status}: {error_message(payload)}")
 
 
+class GatewayError(Exception):
+    """A request the gateway refuses itself (not vLLM); `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(message)
+
+
 class ReplicaUnreachable(Exception):
     """A server did not answer in time or refused the connection (it is then marked down)."""
 

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import aiohttp
 
 from .routing import ReplicaHandle, Router
-from .upstream import ReplicaUnreachable, UpstreamError, post_json
+from .upstream import GatewayError, ReplicaUnreachable, UpstreamError, post_json
 
 
 logger = logging.getLogger("trl.agents.weight_sync")
@@ -49,12 +49,8 @@ class Policy(NamedTuple):
     lora_name: str | None = None
 
 
-class SyncError(Exception):
-    """A sync call failed; `status` is the HTTP status the gateway answers with."""
-
-    def __init__(self, status: int, message: str):
-        self.status = status
-        super().__init__(message)
+class SyncError(GatewayError):
+    """A weight-sync call failed."""
 
 
 @dataclass
@@ -76,7 +72,6 @@ class _Sync:
     started: float
     replicas: list[ReplicaHandle]
     failed: dict[str, str] = field(default_factory=dict)
-    chunks: int = 0
     touches_weights: bool = False  # after start_weight_update a replica's model may hold a mix of versions
     watchdog: asyncio.Task | None = None
 
@@ -136,13 +131,9 @@ class WeightSync:
     # -- phases ------------------------------------------------------------------------------------------------
 
     async def init(self, init_info: dict | list) -> dict[str, Any]:
-        """`init_weight_transfer_engine` on every reachable replica (a list gives replica i its own element)."""
+        """`init_weight_transfer_engine` on every reachable replica (a list gives each replica its own entry)."""
         replicas = [r for r in self.router.replicas if r.healthy]
-        if isinstance(init_info, list) and len(init_info) != len(replicas):
-            raise SyncError(400, f"init_info has {len(init_info)} entries for {len(replicas)} healthy replicas")
-        bodies = [
-            {"init_info": info} for info in (init_info if isinstance(init_info, list) else [init_info] * len(replicas))
-        ]
+        bodies = self._bodies(replicas, {"init_info": init_info}, "init_info")
         failed = await self._fan_out(replicas, "/init_weight_transfer_engine", bodies, self.config.call_timeout)
         if failed:
             raise SyncError(502, "init_weight_transfer_engine failed on " + _describe(failed))
@@ -173,18 +164,13 @@ class WeightSync:
 
     async def update(self, update_info: dict | list) -> dict[str, Any]:
         sync = self._require_sync()
-        await self._phase(sync, "/update_weights", {"update_info": update_info})
-        sync.chunks += 1
+        await self._phase(sync, "/update_weights", {"update_info": update_info}, per_replica="update_info")
         return {"replicas": [r.name for r in sync.alive()], "failed": sync.failed}
 
     async def finish(self) -> dict[str, Any]:
         sync = self._require_sync()
         new_version = self.version + 1
-        try:
-            await self._phase(sync, "/finish_weight_update", {"weight_version": str(new_version)})
-        except SyncError:
-            await self.abort("finish failed")
-            raise
+        await self._phase(sync, "/finish_weight_update", {"weight_version": str(new_version)})
         self.lora_name = None  # full weights replace the policy: a loaded adapter no longer describes it
         return await self._complete(sync, new_version)
 
@@ -193,11 +179,7 @@ class WeightSync:
         await self.start(start_update=False)
         sync = self._require_sync()
         body = {"lora_name": lora_name, "lora_path": lora_path, "load_inplace": True}
-        try:
-            await self._phase(sync, "/v1/load_lora_adapter", body)
-        except SyncError:
-            await self.abort("LoRA load failed")
-            raise
+        await self._phase(sync, "/v1/load_lora_adapter", body)
         self.lora_name = lora_name
         return await self._complete(sync, self.version + 1)
 
@@ -262,13 +244,21 @@ class WeightSync:
             return self.config.total_timeout
         return max(0.1, self.config.total_timeout - (time.monotonic() - sync.started))
 
-    async def _phase(self, sync: _Sync, path: str, body: dict) -> None:
-        """Run one call on every replica still in the sync; failures quarantine the replica."""
+    def _bodies(self, replicas: list[ReplicaHandle], body: dict, per_replica: str | None) -> list[dict]:
+        """`body` for each of `replicas`; if `body[per_replica]` is a list, it holds one entry per replica of the
+        router, in order, and each replica gets its own."""
+        value = body.get(per_replica) if per_replica else None
+        if not isinstance(value, list):
+            return [body] * len(replicas)
+        if len(value) != len(self.router.replicas):
+            raise SyncError(400, f"`{per_replica}` has {len(value)} entries for {len(self.router.replicas)} replicas")
+        return [{**body, per_replica: value[self.router.replicas.index(r)]} for r in replicas]
+
+    async def _phase(self, sync: _Sync, path: str, body: dict, per_replica: str | None = None) -> None:
+        """Run one call on every replica still in the sync; failures quarantine the replica. When every replica
+        fails, the sync is aborted and `SyncError` raised."""
         replicas = sync.alive()
-        bodies = [body] * len(replicas)
-        if isinstance(body.get("update_info"), list):  # per-replica payloads
-            infos = body["update_info"]
-            bodies = [{"update_info": infos[self.router.replicas.index(r)]} for r in replicas]
+        bodies = self._bodies(replicas, body, per_replica)
         failed = await self._fan_out(replicas, path, bodies, min(self.config.call_timeout, self._remaining()))
         for name, reason in failed.items():
             sync.failed[name] = f"{path.split('?')[0]}: {reason}"

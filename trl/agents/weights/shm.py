@@ -17,6 +17,8 @@ Not here: when to sync or what happens if a replica fails (`server/weight_sync.p
 
 from __future__ import annotations
 
+import functools
+import math
 import mmap
 import os
 import tempfile
@@ -54,6 +56,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 # -- worker side (runs inside vLLM's worker processes) ---------------------------------------------------------------
 
 
+@functools.cache
 def _worker_classes():
     from vllm.distributed.weight_transfer.base import (
         WeightTransferEngine,
@@ -144,10 +147,7 @@ def read_chunk(info: Any) -> list[tuple[str, torch.Tensor]]:
     out = []
     for name, dtype_name, shape, offset in zip(info.names, info.dtype_names, info.shapes, info.offsets, strict=True):
         dtype = _dtype(dtype_name)
-        numel = 1
-        for dim in shape:
-            numel *= int(dim)
-        nbytes = numel * dtype.itemsize
+        nbytes = math.prod(int(dim) for dim in shape) * dtype.itemsize
         if offset < 0 or offset + nbytes > size:
             raise ValueError(f"{name}: bytes {offset}..{offset + nbytes} lie outside {path} ({size} bytes)")
         flat = torch.frombuffer(mapped, dtype=torch.uint8, count=nbytes, offset=offset) if nbytes else None
@@ -206,6 +206,7 @@ def write_chunk(tensors: list[tuple[str, torch.Tensor]], directory: Path | None 
     return chunk
 
 
+@functools.cache  # one set of classes per process: vLLM's factory registers a backend once
 def _trainer_classes():
     from vllm.distributed.weight_transfer.base import TrainerInitInfo, TrainerWeightTransferEngine
 
@@ -274,18 +275,8 @@ def _trainer_classes():
 def trainer_init_info(rank: int = 0, buffer_size_bytes: int = DEFAULT_BUFFER_BYTES):
     """The `TrainerInitInfo` that selects this backend (registers it with vLLM's trainer factory first)."""
     register()
-    info_cls, _ = _trainer_classes_cached()
+    info_cls, _ = _trainer_classes()
     return info_cls(rank=rank, buffer_size_bytes=buffer_size_bytes)
-
-
-_TRAINER_CLASSES = None
-
-
-def _trainer_classes_cached():
-    global _TRAINER_CLASSES
-    if _TRAINER_CLASSES is None:
-        _TRAINER_CLASSES = _trainer_classes()
-    return _TRAINER_CLASSES
 
 
 def register() -> None:
@@ -294,7 +285,7 @@ def register() -> None:
 
     for factory, engine in [
         (WeightTransferEngineFactory, _worker_classes),
-        (WeightTransferTrainerFactory, lambda: _trainer_classes_cached()[1]),
+        (WeightTransferTrainerFactory, lambda: _trainer_classes()[1]),
     ]:
         try:
             factory.register_engine(BACKEND, engine())

@@ -15,6 +15,7 @@ benchmarks). Not here: how the bytes travel (`weights/shm.py`, vLLM's NCCL engin
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -81,9 +82,9 @@ class ModelWeights:
         self.rank = rank
         self.peft = is_peft_model(model)
         self.params = [
-            (vllm_name(name, self.peft), param)
+            (target, param)
             for name, param in model.named_parameters()
-            if vllm_name(name, self.peft) is not None
+            if (target := vllm_name(name, self.peft)) is not None
         ]
         if not self.params:
             raise ValueError(f"{type(model).__name__} has no parameters to send")
@@ -128,11 +129,4 @@ class ModelWeights:
             yield group, tensors
 
     def nbytes(self) -> int:
-        return sum(m.dtype.itemsize * _numel(m.shape) for m in self.metadata())
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for dim in shape:
-        n *= int(dim)
-    return n
+        return sum(m.dtype.itemsize * math.prod(m.shape) for m in self.metadata())
