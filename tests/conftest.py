@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+from pathlib import Path
 
 import pytest
 
 from trl.agents.server.process import ServeAsyncProcess, VLLMReplica, cpu_defaults
 from trl.agents.tiny_model import build
 
+
+# The example plugins ship as plain script folders (run as `python examples/code_repair/grpo.py`): import them the same way.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "code_repair"))
 
 # Flags every test server uses: float32 so engine logprobs can be compared with the trainer's; hermes tool parsing.
 SERVE_ARGS = [
