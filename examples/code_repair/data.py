@@ -1,0 +1,147 @@
+"""Repository-repair tasks in SWE-Gym / SWE-bench form, and the workspaces episodes run in.
+
+A task row has `instance_id`, `repo`, `base_commit`, `problem_statement`, `patch` (the oracle fix), and optionally
+`test_patch`, `FAIL_TO_PASS`, `PASS_TO_PASS` (lists, or JSON strings of lists as on the Hub) and `test_command`.
+`repo` is a GitHub `owner/name`, a git URL, or a local path (the offline toy suite, `toy_suite.py`).
+
+* `load_tasks(source)`: a Hub dataset name, a `.jsonl`/`.json` file or a folder holding `tasks.jsonl`, as a
+  `datasets.Dataset`, checked for the required columns, with a unique `prompt` column added (GRPOTrainer needs one;
+  `AgentRollout` finds the row again by it).
+* `Workspaces`: each (repository, commit) is fetched once, as a single-commit shallow fetch, into a local cache;
+  each episode then gets its own cheap copy (`cp --reflink=auto`), removed by whoever asked for it.
+
+Not here: the agent, the rewards, building the toy suite.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+logger = logging.getLogger("code_repair.data")
+
+REQUIRED = ("instance_id", "repo", "base_commit", "problem_statement", "patch")
+GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
+
+
+def load_tasks(source: str | Path, split: str = "train"):
+    """Tasks from a Hub dataset name, a JSON(L) file or a folder with `tasks.jsonl`, as a `datasets.Dataset`."""
+    from datasets import Dataset, load_dataset
+
+    path = Path(source)
+    if path.is_dir():
+        path = path / "tasks.jsonl"
+    if path.suffix in (".jsonl", ".json") or path.exists():
+        if not path.exists():
+            raise FileNotFoundError(f"no task file at {path}")
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        dataset = Dataset.from_list(rows)
+    else:
+        dataset = load_dataset(str(source), split=split)
+    missing = [c for c in REQUIRED if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"{source}: task rows need the columns {list(REQUIRED)}; missing {missing}")
+    return dataset.map(lambda row: {"prompt": task_prompt(row)})
+
+
+def task_prompt(row: dict[str, Any]) -> list[dict[str, str]]:
+    """The row as the chat prompt GRPOTrainer carries around (unique per task: it names the instance)."""
+    return [{"role": "user", "content": f"[{row['instance_id']}]\n{row['problem_statement']}"}]
+
+
+def test_ids(value) -> list[str]:
+    """`FAIL_TO_PASS` / `PASS_TO_PASS` as a list (the Hub stores them as JSON strings)."""
+    if value is None:
+        return []
+    return json.loads(value) if isinstance(value, str) else list(value)
+
+
+def repo_url(repo: str) -> str:
+    """Where to fetch `repo` from: a URL as is, a local folder as `file://`, `owner/name` from GitHub."""
+    if "://" in repo or repo.startswith("git@"):
+        return repo
+    if os.path.isdir(repo):
+        return Path(repo).resolve().as_uri()
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+        return f"https://github.com/{repo}.git"
+    raise ValueError(f"repo {repo!r} is neither a URL, a local folder nor a GitHub owner/name")
+
+
+def git(*args: str, cwd: Path, timeout: float = 600) -> str:
+    """Run git; raise with its own error text."""
+    result = subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **GIT_ENV}
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args[:3])} failed in {cwd}: {result.stderr.strip()[-2000:]}")
+    return result.stdout
+
+
+class Workspaces:
+    """A cache of repositories at task commits, and per-episode copies of them.
+
+    Args:
+        cache_dir: Where fetched (repository, commit) checkouts are kept (shared by processes: a file lock per
+            checkout makes concurrent fetches safe).
+        work_dir: Where episode copies go (default: the system temp folder).
+        fetch_timeout: Seconds one fetch may take.
+    """
+
+    def __init__(self, cache_dir: str | Path, work_dir: str | Path | None = None, fetch_timeout: float = 600):
+        self.cache_dir = Path(cache_dir)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.work_dir = Path(work_dir or tempfile.gettempdir())
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.fetch_timeout = fetch_timeout
+
+    def source(self, repo: str, commit: str) -> Path:
+        """The cached checkout of `repo` at `commit`, fetched (one commit, depth 1) the first time."""
+        if not re.fullmatch(r"[0-9a-f]{7,64}", commit):
+            raise ValueError(f"base_commit {commit!r} is not a commit hash")
+        slug = re.sub(r"[^\w.-]+", "_", repo.removesuffix(".git")).strip("_")[-100:]
+        target = self.cache_dir / slug / commit
+        if (target / ".git").exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target.parent / f"{commit}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be fetching the same checkout
+            if not (target / ".git").exists():
+                self._fetch(repo_url(repo), commit, target)
+        return target
+
+    def _fetch(self, url: str, commit: str, target: Path) -> None:
+        start = time.monotonic()
+        print(f"fetching {url} at {commit[:12]} into {target.parent} ...", file=sys.stderr, flush=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{commit[:12]}-", dir=target.parent))
+        try:
+            git("init", "-q", cwd=staging)
+            git("fetch", "-q", "--depth", "1", url, commit, cwd=staging, timeout=self.fetch_timeout)
+            git("-c", "advice.detachedHead=false", "checkout", "-q", "FETCH_HEAD", cwd=staging)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        print(f"fetched {commit[:12]} in {time.monotonic() - start:.1f} s", file=sys.stderr, flush=True)
+
+    def checkout(self, row: dict[str, Any]) -> Path:
+        """A fresh copy of the row's repository at its `base_commit`, for one episode (the caller removes it)."""
+        source = self.source(row["repo"], row["base_commit"])
+        name = re.sub(r"[^\w.-]+", "_", str(row.get("instance_id", "task")))[:80]
+        workspace = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.work_dir))
+        result = subprocess.run(
+            ["cp", "-a", "--reflink=auto", f"{source}/.", str(workspace)], capture_output=True, text=True, timeout=600
+        )
+        if result.returncode != 0:
+            shutil.rmtree(workspace, ignore_errors=True)
+            raise RuntimeError(f"copying {source} failed: {result.stderr.strip()}")
+        return workspace

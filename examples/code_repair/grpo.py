@@ -1,0 +1,196 @@
+"""GRPO for the example coding agent: upstream `GRPOTrainer` + `trl.agents` (AgentRollout, weight sync) + this folder.
+
+Each training prompt is one repair task; the trainer's sampler repeats it `--num-generations` times; every copy is
+one episode of `agent.RepairAgent` in its own `trl vllm-serve-async` session and workspace. Rewards come from
+`rewards.py` (`--rewards similarity,tests` by default), the weights go back to the server after every step.
+
+Setup (GPU node: 1 GPU serves, the rest train; `slurm/train.sbatch` does this split for you):
+
+    pip install "trl-agents[vllm]" peft deepspeed
+    trl vllm-serve-async --model Qwen/Qwen3-8B --data-parallel-size 1 --api-token SECRET \\
+        --enable-auto-tool-choice --tool-call-parser hermes --max-model-len 16384 &
+
+Usage:
+
+    accelerate launch --config_file examples/code_repair/configs/zero2.yaml examples/code_repair/grpo.py \\
+        --model Qwen/Qwen3-8B --dataset SWE-Gym/SWE-Gym-Lite --server-url http://127.0.0.1:8000 \\
+        --api-token SECRET --output-dir runs/qwen3-8b-grpo --lora --bf16 --gradient-checkpointing
+
+`--dataset toy` builds and uses the offline toy suite (`toy_suite.py`); `--split` picks rows by their `split`
+column where there is one. On CPU add `--use-cpu`. All flags: `--help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from agent import AgentConfig, RepairAgent
+from data import Workspaces, load_tasks
+from rewards import TestsPassReward, diff_similarity_reward, exact_patch_reward, non_empty_patch_reward
+
+
+REWARDS = {
+    "similarity": lambda ws, args: diff_similarity_reward,
+    "tests": lambda ws, args: TestsPassReward(ws, seconds=args.test_seconds),
+    "nonempty": lambda ws, args: non_empty_patch_reward,
+    "exact": lambda ws, args: exact_patch_reward,
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    add = p.add_argument
+    add("--model", required=True, help="model to train (path or Hub name); the server must serve the same weights")
+    add("--served-model-name", default=None, help="the name the server knows the model by (default: --model)")
+    add("--dataset", default="toy", help="'toy', a Hub dataset in SWE-Gym form, or a tasks .jsonl / folder")
+    add("--split", default="train", help="Hub split, or value of a `split` column to keep")
+    add("--cache-dir", default=os.path.expanduser("~/.cache/trl-agents/code_repair"), help="repositories cache")
+    add("--server-url", default="http://127.0.0.1:8000", help="the trl vllm-serve-async gateway")
+    add("--api-token", default=os.environ.get("TRL_AGENTS_API_TOKEN"), help="the gateway's --api-token")
+    add("--output-dir", required=True)
+    add("--rewards", default="similarity,tests", help=f"comma-separated, from {sorted(REWARDS)}")
+    add("--reward-weights", default=None, help="comma-separated weights, one per reward (default: all 1)")
+    add("--test-seconds", type=float, default=120.0, help="time limit of one tests-pass check")
+    # the agent
+    add("--tool-limit", type=int, default=30)
+    add("--token-limit", type=int, default=8192, help="tokens the agent may generate per episode")
+    add("--time-limit", type=float, default=120.0, help="seconds per episode for the agent")
+    add("--response-limit", type=int, default=1024, help="max_tokens of one reply")
+    add("--temperature", type=float, default=1.0)
+    add("--max-concurrency", type=int, default=8, help="episodes at once per training process")
+    # the trainer
+    add("--learning-rate", type=float, default=1e-6)
+    add("--num-generations", type=int, default=8)
+    add("--per-device-train-batch-size", type=int, default=8)
+    add("--gradient-accumulation-steps", type=int, default=1)
+    add("--max-steps", type=int, default=-1)
+    add("--num-train-epochs", type=float, default=1.0)
+    add("--max-completion-length", type=int, default=8192, help="tokens kept per episode (longer: clipped)")
+    add("--beta", type=float, default=0.0, help="KL coefficient")
+    add("--loss-type", default="dapo")
+    add("--importance-sampling-level", default="token", choices=["token", "sequence"], help="sequence: GSPO")
+    add("--lora", action="store_true", help="train a LoRA adapter (merged into the served weights at each sync)")
+    add("--lora-r", type=int, default=32)
+    add("--lora-alpha", type=int, default=64)
+    add("--bf16", action="store_true")
+    add("--gradient-checkpointing", action="store_true")
+    add("--use-cpu", action="store_true")
+    add("--seed", type=int, default=0)
+    add("--logging-steps", type=int, default=1)
+    add("--save-steps", type=int, default=0, help="0: save only at the end")
+    add("--report-to", default="none")
+    return p
+
+
+def build_dataset(args):
+    """The task rows for this run (the toy suite is built on first use)."""
+    source = args.dataset
+    if source == "toy":
+        import toy_suite
+
+        source = Path(args.cache_dir) / "toy-suite"
+        if not (source / "tasks.jsonl").exists():
+            toy_suite.build(source)
+    dataset = load_tasks(source, split=args.split)
+    if "split" in dataset.column_names:
+        dataset = dataset.filter(lambda row: row["split"] == args.split)
+    if len(dataset) == 0:
+        raise ValueError(f"no tasks in {args.dataset} with split {args.split!r}")
+    return dataset
+
+
+def reward_functions(args, workspaces):
+    names = [n.strip() for n in args.rewards.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(REWARDS))
+    if unknown:
+        raise ValueError(f"unknown rewards {unknown}; choose from {sorted(REWARDS)}")
+    weights = [float(w) for w in args.reward_weights.split(",")] if args.reward_weights else None
+    if weights is not None and len(weights) != len(names):
+        raise ValueError(f"{len(names)} rewards but {len(weights)} weights")
+    return [REWARDS[n](workspaces, args) for n in names], weights
+
+
+def build_trainer(args, dataset=None, model=None, callbacks=()):
+    """The GRPOTrainer for `args` (the demo passes its own dataset, model and extra callbacks)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl import GRPOConfig, GRPOTrainer
+    from trl.agents import AgentRollout, ServerClient, WeightSyncCallback
+
+    dataset = dataset if dataset is not None else build_dataset(args)
+    workspaces = Workspaces(args.cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if model is None:
+        dtype = torch.bfloat16 if args.bf16 else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+    peft_config = None
+    if args.lora:
+        from peft import LoraConfig
+
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        peft_config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, target_modules=targets)
+    client = ServerClient(args.server_url, api_token=args.api_token, timeout=600)
+    agent_config = AgentConfig(
+        model=args.served_model_name or args.model,
+        tool_limit=args.tool_limit,
+        token_limit=args.token_limit,
+        time_limit=args.time_limit,
+        response_limit=args.response_limit,
+        temperature=args.temperature,
+    )
+    agent = RepairAgent(workspaces, agent_config)
+    timeout = args.time_limit + 120  # the agent stops itself at its time limit; this catches a hung server
+    rollout = AgentRollout(agent, client, dataset=dataset, max_concurrency=args.max_concurrency, timeout=timeout)
+    reward_funcs, weights = reward_functions(args, workspaces)
+    config = GRPOConfig(
+        output_dir=args.output_dir,
+        learning_rate=args.learning_rate,
+        num_generations=args.num_generations,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        max_steps=args.max_steps,
+        num_train_epochs=args.num_train_epochs,
+        max_completion_length=args.max_completion_length,
+        beta=args.beta,
+        loss_type=args.loss_type,
+        importance_sampling_level=args.importance_sampling_level,
+        reward_weights=weights,
+        bf16=args.bf16,
+        gradient_checkpointing=args.gradient_checkpointing,
+        use_cpu=args.use_cpu,
+        seed=args.seed,
+        logging_steps=args.logging_steps,
+        save_strategy="steps" if args.save_steps else "no",
+        save_steps=args.save_steps or 500,
+        report_to=args.report_to,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        processing_class=tokenizer,
+        reward_funcs=reward_funcs,
+        args=config,
+        train_dataset=dataset,
+        rollout_func=rollout,
+        peft_config=peft_config,
+        callbacks=[WeightSyncCallback(client, every=1, sync_on_train_begin=True), *callbacks],
+    )
+    return trainer, rollout, client
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    trainer, rollout, client = build_trainer(args)
+    trainer.train()
+    trainer.save_model(args.output_dir)
+    rollout.close()
+    client.close()
+    print(f"episodes: {dict(rollout.totals)}")
+
+
+if __name__ == "__main__":
+    main()
