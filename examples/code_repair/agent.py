@@ -300,10 +300,11 @@ def _is_shell(name: str, arguments) -> bool:
 
 
 def _shell_output(result: CommandResult) -> tuple[bool, str]:
+    """The model's view of a command: what went wrong first (so truncation cannot hide it), then the output."""
     if result.timed_out:
-        return False, f"{result.output}\n[command killed: it ran past {result.seconds:.0f} s]".lstrip()
+        return False, f"[command killed: it ran past {result.seconds:.0f} s]\n{result.output}"
     if result.output_capped:
-        return False, f"{result.output}\n[command killed: it printed more than the output limit]"
+        return False, f"[command killed: it printed more than the output limit]\n{result.output}"
     if result.exit_code != 0:
         return False, f"[exit code {result.exit_code}]\n{result.output}"
     return True, result.output or "[no output]"

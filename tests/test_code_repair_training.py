@@ -1,0 +1,77 @@
+"""The example training scripts run for real on the tiny model: `sft.py` writes scripted-expert trajectories for the
+toy suite and fits them (loss falls); `grpo.py` trains through the gateway with the real agent, both rewards and a
+weight sync per step."""
+
+from __future__ import annotations
+
+import json
+
+import grpo
+import sft
+from conftest import API_TOKEN
+
+from trl.agents import ServerClient
+
+
+def test_sft_on_scripted_expert_trajectories(tiny_model_dir, tmp_path):
+    expert = tmp_path / "expert.jsonl"
+    argv = ["--model", tiny_model_dir, "--dataset", "toy", "--cache-dir", str(tmp_path / "cache"),
+            "--write-expert", str(expert), "--trajectories", str(expert), "--output-dir", str(tmp_path / "sft"),
+            "--max-steps", "12", "--learning-rate", "3e-3", "--use-cpu"]  # fmt: skip
+    args = sft.parser().parse_args(argv)
+    sft.write_expert_trajectories(list(grpo.build_dataset(args)), sft.Workspaces(args.cache_dir), expert)
+    trainer = sft.train(args)
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses) == 12 and sum(losses[-3:]) < 0.8 * sum(losses[:3])
+    episodes = [json.loads(line) for line in expert.read_text().splitlines()]
+    assert len(episodes) == 30 and all(e["reward"] == 1.0 for e in episodes)  # the train split, all solved
+    roles = [m["role"] for m in episodes[0]["messages"]]
+    assert roles[:3] == ["system", "user", "assistant"] and roles.count("tool") == 3
+    call = episodes[0]["messages"][2]["tool_calls"][0]
+    assert isinstance(call["function"]["arguments"], dict)  # as chat templates (and vLLM) render them
+    assert (tmp_path / "sft" / "model.safetensors").exists()
+
+
+def test_sft_refuses_bad_input(tiny_model_dir, tmp_path):
+    empty = tmp_path / "none.jsonl"
+    empty.write_text("")
+    args = sft.parser().parse_args(["--model", tiny_model_dir, "--trajectories", str(empty), "--output-dir", "x"])
+    try:
+        sft.train(args)
+    except ValueError as e:
+        assert "no trajectories" in str(e)
+    else:
+        raise AssertionError("an empty trajectory file must be refused")
+
+
+def test_grpo_script_trains_through_the_gateway(gateway, tiny_model_dir, tmp_path):
+    with ServerClient(gateway.url, api_token=API_TOKEN, timeout=120) as client:
+        version = client.weight_version
+    argv = ["--model", tiny_model_dir, "--dataset", "toy", "--cache-dir", str(tmp_path / "cache"),
+            "--server-url", gateway.url, "--api-token", API_TOKEN, "--output-dir", str(tmp_path / "grpo"),
+            "--rewards", "similarity,tests,nonempty", "--reward-weights", "1,1,0.1",
+            "--num-generations", "4", "--per-device-train-batch-size", "4", "--max-steps", "2",
+            "--tool-limit", "3", "--token-limit", "200", "--response-limit", "48", "--time-limit", "60",
+            "--max-completion-length", "3000", "--learning-rate", "1e-3", "--use-cpu", "--max-concurrency", "4"]  # fmt: skip
+    args = grpo.parser().parse_args(argv)
+    trainer, rollout, client = grpo.build_trainer(args)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "reward" in entry]
+    assert len(logs) == 2
+    assert "rewards/diff_similarity_reward/mean" in logs[0] and "rewards/tests_pass_reward/mean" in logs[0]
+    assert logs[0]["agent/episodes"] == 4 and rollout.totals["episodes"] == 8
+    assert client.weight_version == version + 3  # before training, then after each step
+    for episode in rollout.last_episodes:
+        assert episode.failure is None and episode.result["stop_reason"] in ("tool_limit", "token_limit")
+    rollout.close()
+    client.close()
+
+
+def test_grpo_script_refuses_unknown_rewards(tmp_path):
+    args = grpo.parser().parse_args(["--model", "m", "--output-dir", "x", "--rewards", "similarity,vibes"])
+    try:
+        grpo.reward_functions(args, None)
+    except ValueError as e:
+        assert "unknown rewards ['vibes']" in str(e)
+    else:
+        raise AssertionError("an unknown reward name must be refused")
