@@ -96,18 +96,19 @@ def test_scripted_expert_solves_every_toy_task_through_the_real_agent(tasks, wor
 
 
 def test_tests_pass_reward_is_zero_on_the_unpatched_repo_and_when_tests_are_edited(tasks, workspaces):
-    rows = list(tasks)[:4]
+    rows = list(tasks)
     tests_pass = rewards.TestsPassReward(workspaces, seconds=60)
     unrelated = (
         "diff --git a/NOTES.md b/NOTES.md\nnew file mode 100644\n--- /dev/null\n+++ b/NOTES.md\n@@ -0,0 +1 @@\n+x\n"
     )
-    for row in rows:  # the tests run (the diff applies) and fail: the bug is still there
-        assert tests_pass.score(row, unrelated) == 0.0
-        assert tests_pass.score(row, None) == 0.0
-        assert tests_pass.score(row, "not a diff") == 0.0
-        assert tests_pass.score(row, row["patch"]) == 1.0
-    # an agent that "fixes" the bug by rewriting the hidden test file gets nothing for it
+    # every task: the tests run (the unrelated diff applies) and fail, because the bug is still there
+    columns = {k: tasks[k] for k in ("test_patch", "FAIL_TO_PASS", "PASS_TO_PASS", "test_command")}
+    scores = tests_pass([[]] * len(rows), [unrelated] * len(rows), tasks["repo"], tasks["base_commit"], **columns)
+    assert scores == [0.0] * len(rows)
     row = rows[0]
+    assert tests_pass.score(row, None) == tests_pass.score(row, "not a diff") == 0.0
+    assert tests_pass.score(row, row["patch"]) == 1.0
+    # an agent that "fixes" the bug by rewriting the hidden test file gets nothing for it
     test_file = next(iter(rewards.split_diff_by_file(row["test_patch"])))
     cheat = (
         f"diff --git a/{test_file} b/{test_file}\nnew file mode 100644\n--- /dev/null\n+++ b/{test_file}\n"
