@@ -18,7 +18,7 @@ import toy_suite
 from agent import STOP_REASONS, AgentConfig, RepairAgent, command_types
 from conftest import API_TOKEN
 from data import Workspaces, load_tasks, repo_url
-from scripted_model import ScriptedModel, patch_edits
+from scripted_model import ScriptedModel, expert_edits, patch_edits
 
 from trl.agents import ServerClient
 
@@ -84,7 +84,8 @@ def test_scripted_expert_solves_every_toy_task_through_the_real_agent(tasks, wor
     for row, result in zip(rows, results, strict=True):
         assert result["stop_reason"] == "submitted", row["instance_id"]
         assert rewards.exact_patch_match(result["generated_diff"], row["patch"]), row["instance_id"]
-        assert result["tool_calls_apply_patch"] == result["tool_success_apply_patch"] == len(patch_edits(row["patch"]))
+        edits = expert_edits(row["problem_statement"], row["patch"])
+        assert result["tool_calls_apply_patch"] == result["tool_success_apply_patch"] == len(edits) == 1
         assert result["shell_cmd_grep"] == 1 and result["shell_cmd_python"] == 1
     diffs = [r["generated_diff"] for r in results]
     similarity = rewards.diff_similarity_reward([[]] * len(rows), diffs, [r["patch"] for r in rows])
@@ -93,6 +94,18 @@ def test_scripted_expert_solves_every_toy_task_through_the_real_agent(tasks, wor
     columns = {k: tasks[k] for k in tasks.column_names if k not in ("repo", "base_commit")}
     scores = tests_pass([[]] * len(rows), diffs, tasks["repo"], tasks["base_commit"], **columns)
     assert scores == [1.0] * len(rows)
+
+
+def test_scripted_expert_without_hints_patches_hunk_by_hunk(tasks, workspaces):
+    """Rows without the toy hint (as on SWE-Gym): the expert applies the oracle's hunks with their context."""
+    rows = [{**row, "problem_statement": row["problem_statement"].split("\n\nHint:")[0]} for row in list(tasks)[::8]]
+    with ScriptedModel(rows) as model:
+        agent = RepairAgent(workspaces, AgentConfig(tool_limit=12))
+        for row in rows:
+            result = agent(row, model.base_url)
+            assert result["stop_reason"] == "submitted"
+            assert result["tool_success_apply_patch"] == len(patch_edits(row["patch"]))
+            assert rewards.exact_patch_match(result["generated_diff"], row["patch"])
 
 
 def test_tests_pass_reward_is_zero_on_the_unpatched_repo_and_when_tests_are_edited(tasks, workspaces):

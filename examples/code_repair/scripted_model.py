@@ -1,8 +1,10 @@
 """A deterministic scripted "model" behind a real OpenAI-compatible HTTP server: a test double for the agent.
 
 It knows each task's oracle patch and plays an expert episode through the agent's real tools: look at the faulty
-line with `grep`, one `apply_patch` per hunk of the oracle (search = the hunk's old side, replace = its new side),
-run the tests, then submit (a reply without a tool call). When a tool result reports an error it says so and
+line with `grep`, apply the fix with `apply_patch`, run the tests, then submit (a reply without a tool call). The fix
+is the statement's hint line where there is one (the toy suite's `Hint: in FILE the line `A` is wrong; it should be
+`B`.`: the shortest edit, and one a small model can learn to copy), else one edit per hunk of the oracle (search =
+the hunk's old side, replace = its new side). When a tool result reports an error it says so and
 submits what it has. Used by the tests (the agent solves every toy task through real workspaces) and by `make demo`
 (expert trajectories for the SFT warm-start). It is NOT a language model: `usage` counts whitespace-separated words,
 and it only answers `POST /v1/chat/completions` and `GET /v1/models` (no streaming).
@@ -23,6 +25,15 @@ from typing import Any
 
 
 MODEL_NAME = "scripted-expert"
+HINT = re.compile(
+    r"^Hint: in (?P<file>\S+) the line `(?P<search>.+)` is wrong; it should be `(?P<replace>.*)`\.$", re.M
+)
+
+
+def expert_edits(statement: str, patch: str) -> list[dict[str, str]]:
+    """The `apply_patch` arguments the expert uses: the hint's edit, else the oracle's hunks (`patch_edits`)."""
+    hint = HINT.search(statement)
+    return [hint.groupdict()] if hint else patch_edits(patch)
 
 
 def patch_edits(patch: str) -> list[dict[str, str]]:
@@ -57,18 +68,18 @@ class ExpertScript:
     def __init__(self, rows: list[dict[str, Any]]):
         self.patches = [(row["problem_statement"], row["patch"]) for row in rows]
 
-    def task_patch(self, messages: list[dict[str, Any]]) -> str | None:
+    def task_edits(self, messages: list[dict[str, Any]]) -> list[dict[str, str]] | None:
         task = next((m.get("content") or "" for m in messages if m.get("role") == "user"), "")
-        return next((patch for statement, patch in self.patches if statement and statement in task), None)
+        found = next(((s, p) for s, p in self.patches if s and s in task), None)
+        return expert_edits(*found) if found else None
 
     def reply(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
-        patch = self.task_patch(messages)
-        if patch is None:
+        edits = self.task_edits(messages)
+        if edits is None:
             return {"content": "I do not know this task."}
         last = messages[-1]
         if last.get("role") == "tool" and str(last.get("content", "")).startswith("error"):
             return {"content": "The last step failed; submitting what I have."}
-        edits = patch_edits(patch)
         plan = [("shell", {"command": _grep_command(edits[0])})]
         plan += [("apply_patch", edit) for edit in edits]
         plan.append(("shell", {"command": "python -m pytest -q -p no:cacheprovider 2>&1 | tail -3"}))
