@@ -28,7 +28,13 @@ def test_sft_on_scripted_expert_trajectories(tiny_model_dir, tmp_path):
     roles = [m["role"] for m in episodes[0]["messages"]]
     assert roles[:3] == ["system", "user", "assistant"] and roles.count("tool") == 3
     call = episodes[0]["messages"][2]["tool_calls"][0]
-    assert isinstance(call["function"]["arguments"], dict)  # as chat templates (and vLLM) render them
+    assert json.loads(call["function"]["arguments"])["command"].startswith("grep")  # a JSON string, as the API has it
+    # what SFT trains on is what the model would write: no argument keys borrowed from the other tool
+    collator = trainer.data_collator
+    batch = collator([trainer.train_dataset[0]])
+    labels = [t for t in batch["labels"][0].tolist() if t != -100]
+    trained = trainer.processing_class.decode(labels)
+    assert '"arguments": {"command": "grep' in trained and "null" not in trained
     assert (tmp_path / "sft" / "model.safetensors").exists()
 
 

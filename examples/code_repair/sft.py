@@ -32,27 +32,10 @@ from scripted_model import ScriptedModel
 
 
 def as_training_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages as chat templates expect them (and as vLLM renders them): tool-call arguments as objects, no None
-    content."""
-    out = []
-    for message in messages:
-        message = {**message, "content": message.get("content") or ""}
-        if message.get("tool_calls"):
-            message["tool_calls"] = [
-                {**c, "function": {**c["function"], "arguments": _arguments(c["function"].get("arguments"))}}
-                for c in message["tool_calls"]
-            ]
-        out.append(message)
-    return out
-
-
-def _arguments(value):
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return {"raw": value}
-    return value
+    """Messages ready for a dataset: no None content. Tool-call arguments stay JSON strings, as the API returns them
+    (chat templates print them verbatim): as dicts, `datasets` would merge the argument schemas of all tools into one
+    struct and every call would render with the other tools' keys as nulls."""
+    return [{**message, "content": message.get("content") or ""} for message in messages]
 
 
 def write_expert_trajectories(rows, workspaces: Workspaces, path: Path, workers: int = 4) -> list[dict[str, Any]]:
