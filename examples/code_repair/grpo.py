@@ -23,13 +23,17 @@ column where there is one. On CPU add `--use-cpu`. All flags: `--help`.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import time
+from collections import Counter
 from pathlib import Path
 
 from agent import AgentConfig, RepairAgent
 from data import Workspaces, load_tasks
 from rewards import TestsPassReward, diff_similarity_reward, exact_patch_reward, non_empty_patch_reward
+from transformers import TrainerCallback
 
 
 REWARDS = {
@@ -82,6 +86,7 @@ def parser() -> argparse.ArgumentParser:
     add("--logging-steps", type=int, default=1)
     add("--save-steps", type=int, default=0, help="0: save only at the end")
     add("--report-to", default="none")
+    add("--metrics-file", type=Path, default=None, help="append one JSON line of metrics per logged step here")
     return p
 
 
@@ -111,6 +116,33 @@ def reward_functions(args, workspaces):
     if weights is not None and len(weights) != len(names):
         raise ValueError(f"{len(names)} rewards but {len(weights)} weights")
     return [REWARDS[n](workspaces, args) for n in names], weights
+
+
+class MetricsFile(TrainerCallback):
+    """One JSON line per logged step (every numeric log value, plus the batch's non-empty-patch rate and shell
+    commands by type from this process's episodes) appended to `path` on the main process."""
+
+    def __init__(self, path: Path, rollout):
+        self.path, self.rollout = Path(path), rollout
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "reward" not in logs:
+            return
+        episodes = self.rollout.last_episodes
+        commands = Counter()
+        for episode in episodes:
+            commands.update({k: v for k, v in episode.result.items() if k.startswith("shell_cmd_")})
+        diffs = [bool((e.result.get("generated_diff") or "").strip()) for e in episodes]
+        line = {"step": state.global_step, "time": time.time(), **{k: v for k, v in logs.items() if _number(v)}}
+        line["non_empty_rate"] = sum(diffs) / max(len(diffs), 1)
+        line.update(commands)
+        with self.path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def build_trainer(args, dataset=None, model=None, callbacks=()):
@@ -178,6 +210,8 @@ def build_trainer(args, dataset=None, model=None, callbacks=()):
         peft_config=peft_config,
         callbacks=[WeightSyncCallback(client, every=1, sync_on_train_begin=True), *callbacks],
     )
+    if args.metrics_file:  # after the sync callback, so its weight_sync/* keys are in the logs it sees
+        trainer.add_callback(MetricsFile(args.metrics_file, rollout))
     return trainer, rollout, client
 
 

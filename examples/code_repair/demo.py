@@ -1,0 +1,236 @@
+"""`make demo`: the whole loop on a CPU, end to end, with the evidence left in `runs/<run-name>/`.
+
+1. the tiny model (built offline) and the offline toy suite (30 training tasks, 10 held out);
+2. expert trajectories for the training tasks with the scripted model (`scripted_model.py`), then SFT through the
+   masking collator (`sft.py`);
+3. `trl vllm-serve-async` on the SFT model;
+4. per seed: held-out evaluation, GRPO with the coding agent, diff and tests-pass rewards and a weight sync after
+   every step (`grpo.py`, one process or under `accelerate launch`), held-out evaluation again, same sampling;
+5. `report.md` (settings, seeds, before/after table, time split) and PNG plots next to `metrics.jsonl`.
+
+Not here: anything the scripts it calls do (see them). Ctrl-C stops every child process (server, trainer).
+
+Usage (defaults: the embedded tiny model and the toy suite):
+
+    python examples/code_repair/demo.py [--run-name NAME] [--seeds 0,1,2] [--grpo-steps 20]
+        [--model PATH_OR_HUB_NAME] [--dataset SWE-Gym/SWE-Gym-Lite] [--accelerate-config FILE]
+        [--data-parallel-size N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+from agent import AgentConfig, RepairAgent
+from data import Workspaces
+from rewards import TestsPassReward, unified_diff_similarity
+
+
+HERE = Path(__file__).resolve().parent
+SERVE_FLAGS = ["--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--max-model-len", "4096",
+               "--dtype", "float32"]  # fmt: skip
+
+
+class Timer:
+    """Wall time per phase, printed as each phase starts and ends."""
+
+    def __init__(self):
+        self.start = time.monotonic()
+        self.phases: dict[str, float] = {}
+
+    def phase(self, name: str):
+        timer = self
+
+        class Phase:
+            def __enter__(self):
+                print(f"\n==> [{time.monotonic() - timer.start:6.0f} s] {name}", flush=True)
+                self.t = time.monotonic()
+
+            def __exit__(self, *exc):
+                seconds = time.monotonic() - self.t
+                timer.phases[name] = timer.phases.get(name, 0.0) + seconds
+                print(f"    {name}: {seconds:.0f} s", flush=True)
+
+        return Phase()
+
+
+def run_child(argv: list[str], log: Path) -> None:
+    """Run a script to completion in its own process group, its output shown and kept in `log`; Ctrl-C kills it."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        try:
+            for line in proc.stdout:
+                out.write(line)
+                if not line.startswith(("fetching ", "fetched ")):
+                    sys.stdout.write("    " + line)
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    if code != 0:
+        raise RuntimeError(f"{' '.join(argv[:3])} ... failed (exit {code}); see {log}")
+
+
+def evaluate(rows, base_url: str, client, workspaces, config: AgentConfig, samples: int, tag: str) -> dict:
+    """The agent on each held-out task `samples` times: mean diff similarity, solved (tests pass), non-empty."""
+    agent = RepairAgent(workspaces, config, request_timeout=120)
+    tests_pass = TestsPassReward(workspaces, seconds=60)
+    jobs = [(row, f"{tag}-{i}-{k}") for i, row in enumerate(rows) for k in range(samples)]
+
+    def one(job):
+        row, sid = job
+        try:
+            result = agent.episode(row, client.session_url(sid))
+        finally:
+            client.close_session(sid)
+        return {
+            "instance_id": row["instance_id"],
+            "similarity": unified_diff_similarity(result.diff, row["patch"]),
+            "solved": tests_pass.score(row, result.diff),
+            "non_empty": float(bool(result.diff.strip())),
+            "stop_reason": result.stop_reason,
+        }
+
+    with ThreadPoolExecutor(8) as pool:
+        episodes = list(pool.map(one, jobs))
+    summary = {k: mean(e[k] for e in episodes) for k in ("similarity", "solved", "non_empty")}
+    summary["reward"] = summary["similarity"] + summary["solved"]  # the GRPO reward: similarity + tests, weight 1
+    summary["episodes"] = len(episodes)
+    print(f"    {tag}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()), flush=True)
+    return summary
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add = p.add_argument
+    add("--run-name", default=time.strftime("demo-%Y%m%d-%H%M%S"))
+    add("--runs-dir", type=Path, default=Path("runs"))
+    add("--model", default=None, help="start from this model instead of building the tiny one")
+    add("--dataset", default="toy", help="'toy' or tasks in SWE-Gym form (train split trains, test split evaluates)")
+    add("--eval-split", default="test")
+    add("--accelerate-config", default=None, help="run GRPO under `accelerate launch --config_file`")
+    add("--data-parallel-size", type=int, default=1, help="vLLM replicas behind the gateway")
+    add("--seeds", default="0", help="comma-separated GRPO seeds (the SFT model is shared)")
+    add("--sft-steps", type=int, default=120)
+    add("--sft-learning-rate", type=float, default=3e-3)
+    add("--grpo-steps", type=int, default=20)
+    add("--grpo-learning-rate", type=float, default=2e-4)
+    add("--num-generations", type=int, default=4)
+    add("--batch-size", type=int, default=8, help="episodes per GRPO step")
+    add("--eval-samples", type=int, default=4, help="episodes per held-out task")
+    add("--temperature", type=float, default=1.0, help="sampling temperature, training and evaluation alike")
+    add("--tool-limit", type=int, default=6)
+    add("--token-limit", type=int, default=600)
+    add("--response-limit", type=int, default=160)
+    add("--cache-dir", default=os.path.expanduser("~/.cache/trl-agents/code_repair"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parser().parse_args(argv)
+    run = (args.runs_dir / args.run_name).resolve()
+    run.mkdir(parents=True, exist_ok=True)
+    timer = Timer()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    py = sys.executable
+
+    with timer.phase("model and tasks"):
+        model = args.model
+        if model is None:
+            from trl.agents.tiny_model import build
+
+            model = str(build(run / "base-model"))
+        common = ["--dataset", args.dataset, "--cache-dir", args.cache_dir]
+    with timer.phase("SFT warm start (scripted-expert trajectories, masking collator)"):
+        sft_dir = run / "sft-model"
+        run_child([py, str(HERE / "sft.py"), "--model", model, *common, "--write-expert", str(run / "expert.jsonl"),
+                   "--trajectories", str(run / "expert.jsonl"), "--output-dir", str(sft_dir),
+                   "--max-steps", str(args.sft_steps), "--learning-rate", str(args.sft_learning_rate),
+                   "--per-device-train-batch-size", "8", "--num-train-epochs", "1000", "--use-cpu"],
+                  run / "logs" / "sft.log")  # fmt: skip
+
+    from grpo import build_dataset
+
+    from trl.agents import ServerClient
+    from trl.agents.server.process import ServeAsyncProcess
+
+    eval_rows = list(build_dataset(argparse.Namespace(dataset=args.dataset, cache_dir=args.cache_dir,
+                                                      split=args.eval_split)))  # fmt: skip
+    workspaces = Workspaces(args.cache_dir)
+    token = os.urandom(8).hex()
+    server = ServeAsyncProcess(
+        str(sft_dir), name="vllm-serve-async", log_path=run / "logs" / "server.log", startup_timeout=600,
+        args=["--data-parallel-size", str(args.data_parallel_size), "--api-token", token, "--log-dir",
+              str(run / "logs" / "server"), *SERVE_FLAGS],
+    )  # fmt: skip
+    agent_config = AgentConfig(model=str(sft_dir), tool_limit=args.tool_limit, token_limit=args.token_limit,
+                               time_limit=60, response_limit=args.response_limit, temperature=args.temperature)  # fmt: skip
+    results: dict[int, dict[str, Any]] = {}
+    with timer.phase("start trl vllm-serve-async"):
+        server.__enter__()
+    try:
+        client = ServerClient(server.url, api_token=token, timeout=300)
+        for seed in seeds:
+            metrics = run / f"metrics-seed{seed}.jsonl" if len(seeds) > 1 else run / "metrics.jsonl"
+            metrics.unlink(missing_ok=True)
+            with timer.phase(f"seed {seed}: held-out evaluation before GRPO"):
+                client.update_weights(_load(sft_dir))  # every seed starts from the SFT weights
+                before = evaluate(
+                    eval_rows, server.url, client, workspaces, agent_config, args.eval_samples, f"pre{seed}"
+                )
+            with timer.phase(f"seed {seed}: GRPO ({args.grpo_steps} steps, weight sync after each)"):
+                grpo_argv = [str(HERE / "grpo.py"), "--model", str(sft_dir), *common, "--server-url", server.url,
+                             "--api-token", token, "--output-dir", str(run / f"grpo-seed{seed}"),
+                             "--metrics-file", str(metrics), "--rewards", "similarity,tests",
+                             "--num-generations", str(args.num_generations),
+                             "--per-device-train-batch-size", str(args.batch_size), "--max-steps", str(args.grpo_steps),
+                             "--learning-rate", str(args.grpo_learning_rate), "--seed", str(seed),
+                             "--tool-limit", str(args.tool_limit), "--token-limit", str(args.token_limit),
+                             "--response-limit", str(args.response_limit), "--time-limit", "60",
+                             "--temperature", str(args.temperature), "--max-completion-length", "4096",
+                             "--max-concurrency", "8", "--use-cpu"]  # fmt: skip
+                launcher = [py, "-m", "accelerate.commands.launch", "--config_file", args.accelerate_config] \
+                    if args.accelerate_config else [py]  # fmt: skip
+                run_child([*launcher, *grpo_argv], run / "logs" / f"grpo-seed{seed}.log")
+            with timer.phase(f"seed {seed}: held-out evaluation after GRPO"):
+                after = evaluate(
+                    eval_rows, server.url, client, workspaces, agent_config, args.eval_samples, f"post{seed}"
+                )
+            results[seed] = {"before": before, "after": after, "metrics": str(metrics.name)}
+        client.close()
+    finally:
+        server.__exit__(None, None, None)
+
+    import report
+
+    report.write(run, args, results, timer.phases, time.monotonic() - timer.start)
+    print(f"\n==> done in {time.monotonic() - timer.start:.0f} s: {run / 'report.md'}")
+    return run
+
+
+def _load(model_dir: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("\ninterrupted: every child process was stopped", file=sys.stderr)
+        sys.exit(130)
