@@ -122,7 +122,9 @@ class Workspaces:
 
     def _fetch(self, url: str, commit: str, target: Path) -> None:
         start = time.monotonic()
-        print(f"fetching {url} at {commit[:12]} into {target.parent} ...", file=sys.stderr, flush=True)
+        remote = not url.startswith("file:")
+        if remote:  # local fetches take milliseconds: not worth a line each
+            print(f"fetching {url} at {commit[:12]} into {target.parent} ...", file=sys.stderr, flush=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{commit[:12]}-", dir=target.parent))
         try:
             git("init", "-q", cwd=staging)
@@ -131,7 +133,8 @@ class Workspaces:
             staging.rename(target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        print(f"fetched {commit[:12]} in {time.monotonic() - start:.1f} s", file=sys.stderr, flush=True)
+        if remote:
+            print(f"fetched {commit[:12]} in {time.monotonic() - start:.1f} s", file=sys.stderr, flush=True)
 
     def checkout(self, row: dict[str, Any]) -> Path:
         """A fresh copy of the row's repository at its `base_commit`, for one episode (the caller removes it)."""

@@ -43,15 +43,17 @@ def write_expert_trajectories(rows, workspaces: Workspaces, path: Path, workers:
     tests-pass reward."""
     agent = RepairAgent(workspaces, AgentConfig(tool_limit=12, time_limit=120))
     tests_pass = TestsPassReward(workspaces)
+    done = []
+
+    def episode(row, base_url):
+        result = agent.episode(row, base_url)
+        done.append(row["instance_id"])
+        print(f"\rexpert episodes: {len(done)}/{len(rows)}", end="", file=sys.stderr, flush=True)
+        return {"instance_id": row["instance_id"], "messages": as_training_messages(result.messages), "tools": TOOLS,
+                "reward": tests_pass.score(row, result.diff), "stop_reason": result.stop_reason}  # fmt: skip
+
     with ScriptedModel(rows) as model, ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(lambda row: agent.episode(row, model.base_url), rows))
-    episodes = []
-    for i, (row, result) in enumerate(zip(rows, results, strict=True)):
-        episodes.append(
-            {"instance_id": row["instance_id"], "messages": as_training_messages(result.messages), "tools": TOOLS,
-             "reward": tests_pass.score(row, result.diff), "stop_reason": result.stop_reason}
-        )  # fmt: skip
-        print(f"\rexpert episodes: {i + 1}/{len(rows)}", end="", file=sys.stderr, flush=True)
+        episodes = list(pool.map(lambda row: episode(row, model.base_url), rows))
     print(file=sys.stderr)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(e) + "\n" for e in episodes))
