@@ -17,6 +17,13 @@ def load_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def _steps_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("GRPO step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _plot(path: Path, title: str, ylabel: str, series: dict[str, tuple[list, list]], ylim=None) -> None:
     import matplotlib
 
@@ -27,10 +34,10 @@ def _plot(path: Path, title: str, ylabel: str, series: dict[str, tuple[list, lis
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", markersize=3, label=label)
     ax.set_title(title)
-    ax.set_xlabel("GRPO step")
+    _steps_axis(ax)
     ax.set_ylabel(ylabel)
-    if ylim:
-        ax.set_ylim(*ylim)
+    top = max((y for _, ys in series.values() for y in ys), default=0.0)
+    ax.set_ylim(*(ylim or (0, max(top * 1.1, 1e-9))))  # from zero, so a flat or small curve reads as what it is
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend(fontsize=8)
@@ -60,7 +67,9 @@ def plots(run: Path, metrics: dict[int, list[dict]], results: dict[int, dict]) -
         series[f"seed {seed}: total"] = _column(rows, "reward")
         for key in reward_keys:
             series[f"seed {seed}: {key.split('/')[1]}"] = _column(rows, key)
-    _plot(run / "reward.png", "Training reward per step (mean over the step's episodes)", "reward", series)
+    top = max((y for _, ys in series.values() for y in ys), default=0.0)
+    _plot(run / "reward.png", "Training reward per step (mean over the step's episodes)", "reward (max 2)", series,
+          ylim=(-0.02, max(1.0, top * 1.1)))  # fmt: skip
     names.append("reward.png")
 
     series = {}
@@ -93,11 +102,12 @@ def plots(run: Path, metrics: dict[int, list[dict]], results: dict[int, dict]) -
         if key.endswith("/shell"):
             continue
         values = [r.get(key, 0) for r in rows]
-        ax.bar(steps, values, bottom=bottom, label=key.removeprefix("agent/tool_calls/"), hatch="//")
+        # "tool: " in front: matplotlib hides labels starting with "_", and a model may invent any tool name
+        ax.bar(steps, values, bottom=bottom, label=f"tool: {key.removeprefix('agent/tool_calls/')}", hatch="//")
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    ax.set_title(f"Tool calls per step by kind (seed {seed}, all episodes of the step)")
-    ax.set_xlabel("GRPO step")
-    ax.set_ylabel("calls")
+    ax.set_title(f"Tool calls per step (seed {seed}): shell by command, other tools hatched", fontsize=10)
+    _steps_axis(ax)
+    ax.set_ylabel("calls in the step's episodes")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(run / "tool_calls.png", dpi=110)
@@ -109,8 +119,9 @@ def plots(run: Path, metrics: dict[int, list[dict]], results: dict[int, dict]) -
         seeds = sorted(results)
         width = 0.38
         xs = range(len(seeds))
-        ax.bar([x - width / 2 for x in xs], [results[s]["before"][key] for s in seeds], width, label="after SFT")
-        ax.bar([x + width / 2 for x in xs], [results[s]["after"][key] for s in seeds], width, label="after GRPO")
+        for shift, when, label_ in ((-width / 2, "before", "after SFT"), (width / 2, "after", "after GRPO")):
+            bars = ax.bar([x + shift for x in xs], [results[s][when][key] for s in seeds], width, label=label_)
+            ax.bar_label(bars, fmt="%.2f", fontsize=8)  # a zero bar is invisible: print every value
         ax.set_xticks(list(xs), [f"seed {s}" for s in seeds])
         ax.set_title(f"Held-out {label}")
         ax.set_ylim(0, 1)
