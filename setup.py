@@ -34,6 +34,7 @@ setup(
             "litellm>=1.50",
             "peft>=0.13",  # LoRA weight-sync tests
             "matplotlib>=3.7",  # the demo report's plots
+            "schemathesis>=4,<5",  # make reliability: fuzzing from the OpenAPI schema
         ],
     },
     entry_points={

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
+
 from trl.agents.masking import MaskedTokens
-from trl.agents.server.sessions import Session, canonical_message, new_messages
+from trl.agents.server.sessions import (
+    JournalError,
+    Session,
+    SessionStore,
+    Turn,
+    canonical_message,
+    new_messages,
+)
 
 
 def test_echoed_assistant_reply_matches_what_was_returned():
@@ -61,3 +70,46 @@ def test_masked_tokens_track_origin():
     assert tokens.mask == [0, 0, 0, 1, 1, 0]
     assert tokens.logprobs == [None, None, None, -0.1, -0.2, None]
     assert tokens.prompt_length == 3 and tokens.num_sampled == 2
+
+
+def record_turn(store: SessionStore, session: Session, context: list[int], sampled: list[int], version: int) -> None:
+    segment = session.current or session.start_segment()
+    segment.tokens.add_context(context)
+    segment.tokens.add_sampled(sampled, [-0.5] * len(sampled))
+    segment.messages.append(f"message {len(segment.messages)}")
+    segment.turns.append(Turn(version, "stop", len(segment.tokens) - len(sampled), len(sampled), ["shell"], 0.1))
+    store.save(session)
+
+
+def test_journal_reloads_every_session_exactly(tmp_path):
+    store = SessionStore(tmp_path)
+    a, b = store.create("ep-a", "replica-0"), store.create("ep-b", "replica-1")
+    record_turn(store, a, [1, 2, 3], [4, 5], 0)
+    record_turn(store, a, [6], [7, 8, 9], 1)
+    record_turn(store, b, [1], [2], 0)
+    a.start_segment()  # a fork: the old segment stays as it was
+    record_turn(store, a, [1, 2], [10], 2)
+    store.save(a)  # nothing new: nothing written
+    assert len((tmp_path / "ep-a.jsonl").read_text().splitlines()) == 4  # created + 3 turns
+    reloaded = SessionStore(tmp_path)
+    assert {s.session_id: s.to_dict() for s in reloaded} == {s.session_id: s.to_dict() for s in store}
+    assert reloaded.get("ep-a").forks == 1 and reloaded.get("ep-a").segments[0].messages == ["message 0", "message 1"]
+    record_turn(reloaded, reloaded.get("ep-b"), [3], [4], 3)  # recording goes on after a restart
+    assert SessionStore(tmp_path).get("ep-b").to_dict() == reloaded.get("ep-b").to_dict()
+    reloaded.delete("ep-a")
+    assert not (tmp_path / "ep-a.jsonl").exists() and SessionStore(tmp_path).get("ep-a") is None
+
+
+def test_journal_skips_a_torn_last_line_and_refuses_damage_elsewhere(tmp_path):
+    store = SessionStore(tmp_path)
+    session = store.create("ep", "replica-0")
+    record_turn(store, session, [1], [2], 0)
+    intact = session.to_dict()
+    with open(tmp_path / "ep.jsonl", "a") as f:
+        f.write('{"segment": 0, "forks": 0, "token_ids": [3')  # a crash in the middle of a write
+    reloaded = SessionStore(tmp_path)
+    assert reloaded.get("ep").to_dict() == intact and reloaded.torn_lines == 1
+    lines = (tmp_path / "ep.jsonl").read_text().splitlines()
+    (tmp_path / "ep.jsonl").write_text("\n".join([lines[0], "garbage", lines[1]]) + "\n")
+    with pytest.raises(JournalError, match="ep.jsonl, line 2, is damaged"):
+        SessionStore(tmp_path)

@@ -89,6 +89,10 @@ class ServerClient:
         """The recorded trajectory of session `sid` (the gateway's trajectory format)."""
         return self._call("GET", f"/sessions/{sid}/trajectory")
 
+    def sessions(self) -> list[dict[str, Any]]:
+        """The sessions the gateway holds: `session_id`, `replica`, `forks`, `segments` each."""
+        return self._call("GET", "/sessions")["sessions"]
+
     def close_session(self, sid: str) -> None:
         """Forget session `sid` on the gateway (frees its memory)."""
         self._call("DELETE", f"/sessions/{sid}")

@@ -26,6 +26,7 @@ import contextlib
 import hmac
 import json
 import logging
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,8 @@ class GatewayConfig:
         timeouts: Deadlines of the calls of one turn.
         max_body_bytes: Largest request body accepted (413 above it).
         sync: Deadlines of weight syncs.
+        journal_dir: Folder where every session is journaled as it is recorded, and reloaded from at start (a
+            restarted gateway keeps its trajectories); `None` keeps sessions in memory only.
     """
 
     replicas: list[tuple[str, str]]
@@ -74,6 +77,7 @@ class GatewayConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_body_bytes: int = 64 * 1024 * 1024
     sync: SyncConfig = field(default_factory=SyncConfig)
+    journal_dir: str | None = None
 
 
 class Gateway:
@@ -82,7 +86,13 @@ class Gateway:
     def __init__(self, config: GatewayConfig):
         self.config = config
         self.router = Router([ReplicaHandle(name, url.rstrip("/")) for name, url in config.replicas])
-        self.sessions = SessionStore()
+        self.sessions = SessionStore(config.journal_dir)
+        for session in self.sessions:  # reloaded from the journal: back on their replica (by position if renamed)
+            if session.replica not in {r.name for r in self.router.replicas}:
+                session.replica = self.router.replicas[
+                    zlib.crc32(session.session_id.encode()) % len(self.router.replicas)
+                ].name
+            self.router.by_name(session.replica).sessions += 1
         self.client: aiohttp.ClientSession | None = None  # created in `start`, inside the server's event loop
         self.renderers = [ReplicaHandle(f"render-{i}", url.rstrip("/")) for i, url in enumerate(config.render_urls)]
         renderer_of = {
@@ -239,6 +249,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
                 return gateway.fail(503, str(exc), "ServiceUnavailableError")
             except TurnError as exc:
                 return gateway.fail(exc.status, str(exc))
+            finally:
+                gateway.sessions.save(session)  # whatever the turn recorded, even when it then failed
             after = sum(len(s.tokens) for s in session.segments), sum(s.tokens.num_sampled for s in session.segments)
         gateway.turns += 1
         sampled = after[1] - before[1]

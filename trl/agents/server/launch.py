@@ -56,6 +56,12 @@ def make_parser() -> argparse.ArgumentParser:
         help="deadline of a whole weight sync in seconds (each call to a replica gets half of it)",
     )
     parser.add_argument(
+        "--journal-dir",
+        default=None,
+        help="journal every session here as it is recorded (append-only JSONL) and reload them at start, so "
+        "trajectories survive a restart (default: in memory only)",
+    )
+    parser.add_argument(
         "--render-servers",
         type=int,
         default=None,
@@ -184,6 +190,7 @@ def main(argv: list[str]) -> int:
             render_urls=[r.url for r in renderers],
             api_token=args.api_token,
             sync=SyncConfig.from_total(args.weight_sync_timeout),
+            journal_dir=args.journal_dir,
         )
         print(
             f"[vllm-serve-async] gateway on http://{args.host}:{args.port} (sessions: /sessions/{{sid}}/v1)",

@@ -7,6 +7,11 @@ rewrite when they echo a reply back: ids, `null` fields, reasoning text, JSON sp
 the new messages are rendered and appended; otherwise the agent edited or dropped history, and a new segment
 starts (a *fork*), leaving the old one intact.
 
+With a journal folder, every session is also an append-only JSONL file there (one line when it is created, one
+line per recorded turn with what the turn appended), so a restarted gateway reloads every trajectory it had
+recorded; deleting a session removes its file. A last line cut short by a crash is skipped (and counted in
+`SessionStore.torn_lines`); a damaged line anywhere else is an error naming the file.
+
 Not here: HTTP, rendering or generation (see `gateway.py`).
 """
 
@@ -14,15 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..masking import MaskedTokens
 
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+logger = logging.getLogger("trl.agents.server")
 
 
 @dataclass
@@ -135,11 +144,22 @@ def new_messages(recorded: list[str], messages: list[dict[str, Any]]) -> list[di
     return messages[len(recorded) :]
 
 
-class SessionStore:
-    """Sessions by id, in memory."""
+class JournalError(RuntimeError):
+    """A session journal that cannot be read back."""
 
-    def __init__(self):
+
+class SessionStore:
+    """Sessions by id, in memory, and in `journal_dir` when given (see the module docstring)."""
+
+    def __init__(self, journal_dir: str | os.PathLike | None = None):
         self._sessions: dict[str, Session] = {}
+        self._written: dict[str, list[tuple[int, int, int]]] = {}  # per segment: tokens, messages, turns journaled
+        self.journal_dir = Path(journal_dir) if journal_dir is not None else None
+        self.torn_lines = 0
+        if self.journal_dir is not None:
+            self.journal_dir.mkdir(parents=True, exist_ok=True)
+            for path in sorted(self.journal_dir.glob("*.jsonl")):
+                self._load(path)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -152,7 +172,80 @@ class SessionStore:
 
     def create(self, session_id: str, replica: str) -> Session:
         session = self._sessions[session_id] = Session(session_id, replica)
+        self._written[session_id] = []
+        self._append(session_id, {"session_id": session_id, "replica": replica, "created": session.created})
         return session
 
     def delete(self, session_id: str) -> Session | None:
-        return self._sessions.pop(session_id, None)
+        session = self._sessions.pop(session_id, None)
+        self._written.pop(session_id, None)
+        if session is not None and self.journal_dir is not None:
+            self._path(session_id).unlink(missing_ok=True)
+        return session
+
+    def save(self, session: Session) -> None:
+        """Journal what `session` recorded since the last call (call it after each turn, under the session lock)."""
+        if self.journal_dir is None:
+            return
+        written = self._written.setdefault(session.session_id, [])
+        for index in range(max(len(written) - 1, 0), len(session.segments)):
+            segment = session.segments[index]
+            tokens, messages, turns = written[index] if index < len(written) else (0, 0, 0)
+            now = (len(segment.tokens), len(segment.messages), len(segment.turns))
+            if index < len(written):
+                written[index] = now
+            else:
+                written.append(now)
+            if (tokens, messages, turns) == now:
+                continue
+            t = segment.tokens
+            self._append(session.session_id, {
+                "segment": index, "forks": session.forks,
+                "token_ids": t.token_ids[tokens:], "mask": t.mask[tokens:], "logprobs": t.logprobs[tokens:],
+                "messages": segment.messages[messages:], "turns": [vars(x) for x in segment.turns[turns:]],
+            })  # fmt: skip
+
+    def _path(self, session_id: str) -> Path:
+        return self.journal_dir / f"{session_id}.jsonl"
+
+    def _append(self, session_id: str, record: dict[str, Any]) -> None:
+        if self.journal_dir is None:
+            return
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        fd = os.open(self._path(session_id), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)  # one write per record: a crash leaves at most the last line torn
+        finally:
+            os.close(fd)
+
+    def _load(self, path: Path) -> None:
+        lines = path.read_bytes().split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                if number == len(lines):  # torn by a crash mid-write: everything before it is intact
+                    self.torn_lines += 1
+                    logger.warning("session journal %s: last line is incomplete; skipped", path)
+                    break
+                raise JournalError(f"session journal {path}, line {number}, is damaged: {exc}") from exc
+        if not records or "session_id" not in records[0]:
+            raise JournalError(f"session journal {path} does not start with a session record")
+        head = records[0]
+        session = Session(head["session_id"], head["replica"], created=head["created"])
+        for record in records[1:]:
+            index = record["segment"]
+            while len(session.segments) <= index:
+                session.segments.append(Segment())
+            segment = session.segments[index]
+            segment.tokens.token_ids.extend(record["token_ids"])
+            segment.tokens.mask.extend(record["mask"])
+            segment.tokens.logprobs.extend(record["logprobs"])
+            segment.messages.extend(record["messages"])
+            segment.turns.extend(Turn(**turn) for turn in record["turns"])
+            session.forks = record["forks"]
+        self._sessions[session.session_id] = session
+        self._written[session.session_id] = [(len(s.tokens), len(s.messages), len(s.turns)) for s in session.segments]

@@ -1,0 +1,43 @@
+"""Recorded trajectories survive a gateway restart: `trl vllm-serve-async --journal-dir` reloads every session, and
+an episode goes on recording after the restart as if nothing happened."""
+
+from __future__ import annotations
+
+import openai
+from conftest import API_TOKEN, serve_async
+
+from trl.agents import ServerClient
+
+
+def turn(server, sid: str, messages: list[dict], model: str) -> dict:
+    client = openai.OpenAI(base_url=f"{server.url}/sessions/{sid}/v1", api_key="-", timeout=60, max_retries=0)
+    reply = client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=1.0)
+    return {"role": "assistant", "content": reply.choices[0].message.content or ""}
+
+
+def test_trajectories_survive_a_restart(tiny_model_dir, tmp_path):
+    journal = tmp_path / "journal"
+    for logs in ("logs-1", "logs-2"):
+        (tmp_path / logs).mkdir()
+    conversations = {f"ep-{i}": [{"role": "user", "content": f"task {i}"}] for i in range(4)}
+    with serve_async(tiny_model_dir, tmp_path / "logs-1", "--journal-dir", str(journal)) as server:
+        for sid, messages in conversations.items():
+            for k in range(2):
+                messages.append(turn(server, sid, messages, tiny_model_dir))
+                messages.append({"role": "user", "content": f"more {k}"})
+        with ServerClient(server.url, api_token=API_TOKEN) as client:
+            before = {sid: client.trajectory(sid) for sid in conversations}
+            client.close_session("ep-3")  # deleted before the restart: stays deleted
+    with serve_async(tiny_model_dir, tmp_path / "logs-2", "--journal-dir", str(journal)) as server:
+        with ServerClient(server.url, api_token=API_TOKEN) as client:
+            after = {sid: client.trajectory(sid) for sid in ("ep-0", "ep-1", "ep-2")}
+            assert after == {sid: before[sid] for sid in after}  # token for token, turns and versions included
+            listed = {s["session_id"] for s in client.sessions()}
+            assert listed == {"ep-0", "ep-1", "ep-2"}
+            messages = conversations["ep-0"]
+            messages.append(turn(server, "ep-0", messages, tiny_model_dir))  # the episode goes on
+            grown = client.trajectory("ep-0")
+        old = before["ep-0"]["segments"][0]
+        new = grown["segments"][0]
+        assert grown["forks"] == 0 and len(grown["segments"]) == 1
+        assert new["token_ids"][: len(old["token_ids"])] == old["token_ids"] and len(new["turns"]) == 3
