@@ -214,11 +214,12 @@ def sandbox_escapes() -> None:
             "write outside the workspace": ("touch /tmp/escaped; touch $HOME/../escaped2", lambda r: not Path("/tmp/escaped").exists()),
             "network": ("python -c \"import socket; socket.create_connection(('1.1.1.1', 80), timeout=2)\"", lambda r: not r.ok),
             "read the host's processes in /proc": ("ls /proc | grep -cE '^[0-9]+$'", lambda r: int(r.output.split()[0]) < 6),
-            "fork bomb": (":(){ :|:& };:", lambda r: "Resource temporarily unavailable" in r.output),
+            "fork bomb": (":(){ :|:& };:; sleep 1", lambda r: "Resource temporarily unavailable" in r.output),
             "runaway output": ("yes", lambda r: r.output_capped),
             "a command that never ends": ("sleep 1000", lambda r: r.timed_out),
         }  # fmt: skip
         results = {name: check(box.run(command)) for name, (command, check) in attempts.items()}
+        results["still serving afterwards"] = box.run("echo ok").output == "ok\n"
         held = all(results.values())
         row("sandbox", "escape attempts: " + ", ".join(results), f"{len(results)} attempts ({box.isolation})", held,
             "; ".join(f"{k}: {'stopped' if v else 'NOT stopped'}" for k, v in results.items()))  # fmt: skip

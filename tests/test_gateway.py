@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections import Counter
 
 import httpx
@@ -337,3 +338,21 @@ def test_a_dead_replica_fails_only_its_sessions(gateway, tiny_model_dir):
     )
     assert new.usage.completion_tokens == 2
     assert trajectory(gateway, "after-fault")["replica"] == "replica-0"
+
+
+def test_idle_keep_alive_connections_stay_open(gateway):
+    """Agents leave pooled connections idle while their tools run; the gateway must not close them under the client
+    after a few seconds (a request sent as the server closes fails with a reset: seen at 256 sessions)."""
+    import socket
+
+    host, port = gateway.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive\r\n\r\n".encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 ")
+        time.sleep(7)  # longer than uvicorn's default keep-alive (5 s)
+        sock.setblocking(False)
+        try:
+            closed = sock.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            closed = False  # nothing to read and not closed: still open
+    assert not closed

@@ -71,6 +71,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 CPU_REPLICA_NICENESS = 5
+KEEP_ALIVE_SECONDS = 600
 
 
 def replica_plan(args: argparse.Namespace, vllm_args: list[str], cpu: bool) -> list[dict]:
@@ -199,7 +200,15 @@ def main(argv: list[str]) -> int:
         logging.basicConfig(level=logging.INFO)
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(config), host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5
+                create_app(config),
+                host=args.host,
+                port=args.port,
+                log_level="warning",
+                timeout_graceful_shutdown=5,
+                # Agents keep pooled connections idle while their tools run. uvicorn's default (5 s) closes them
+                # under the client, and a request sent as it closes fails with a reset (make reliability found it
+                # with 256 sessions): keep idle connections longer than any tool call.
+                timeout_keep_alive=KEEP_ALIVE_SECONDS,
             )
         )
         server.run(sockets=[listener])
