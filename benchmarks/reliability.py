@@ -127,7 +127,8 @@ def bad_input(server, model: str, auth: dict, canary: dict, fuzz_examples: int) 
     answers = []
     for name, method, path, body in BAD_INPUT:
         if isinstance(body, dict):
-            body = json.dumps(body).replace('"M"', json.dumps(model)).encode()
+            body = json.dumps(body).encode()
+        body = body.replace(b'"M"', json.dumps(model).encode())
         r = http.request(method, path, content=body, headers={"content-type": "application/json"})
         try:
             documented = r.status_code in (400, 404, 409, 413, 422) and "message" in r.json()["error"]
@@ -157,8 +158,9 @@ def security(server, auth: dict, canary: dict) -> None:
 
     http = httpx.Client(base_url=server.url, timeout=60)
     sid = canary["session_id"]
-    control = [("GET", "/sessions"), ("GET", f"/sessions/{sid}/trajectory"), ("DELETE", f"/sessions/{sid}"),
-               ("POST", "/weights/pause"), ("POST", "/weights/update"), ("POST", "/weights/finish")]  # fmt: skip
+    control = [("GET", "/sessions"), ("GET", "/weights"), ("GET", f"/sessions/{sid}/trajectory"), ("DELETE", f"/sessions/{sid}"),
+               ("POST", "/weights/init"), ("POST", "/weights/start"), ("POST", "/weights/update"),
+               ("POST", "/weights/finish"), ("POST", "/weights/abort"), ("POST", "/weights/lora")]  # fmt: skip
     codes = [http.request(m, p).status_code for m, p in control]
     wrong = [http.request(m, p, headers={"Authorization": "Bearer nope"}).status_code for m, p in control]
     row("security", "control routes without a token, and with a wrong one", f"{len(control)} routes x 2",
@@ -180,7 +182,8 @@ def faults(server, model: str, auth: dict) -> None:
     placement = {s["session_id"]: s["replica"] for s in http.get("/sessions").json()["sessions"]}
     victim_url = server.replica_urls()[1]
     port = victim_url.rsplit(":", 1)[1]
-    pids = subprocess.run(["pgrep", "-f", f"--port {port}"], capture_output=True, text=True).stdout.split()
+    found = subprocess.run(["pgrep", "-f", "--", f"api_server .*--port {port}"], capture_output=True, text=True)
+    pids = found.stdout.split()
     for pid in pids:
         os.kill(int(pid), signal.SIGKILL)
     time.sleep(8)  # a health check or two
@@ -285,8 +288,9 @@ def main() -> int:
         load(server, model, tokenizer, args.sessions, args.turns, auth)
         bad_input(server, model, auth, canary, args.fuzz_examples)
         security(server, auth, canary)
-        kept = {f"canary-{i}": http.get(f"/sessions/canary-{i}/trajectory").json() for i in range(4)}
         faults(server, model, auth)
+        kept = {s["session_id"]: http.get(f"/sessions/{s['session_id']}/trajectory").json()
+                for s in http.get("/sessions").json()["sessions"]}  # fmt: skip
     restart(model, work / "logs", journal, auth, kept)
     if not args.skip_suite_faults:
         suite_faults()
