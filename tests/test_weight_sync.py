@@ -262,7 +262,14 @@ def is_dead(pid: int) -> bool:
         return True
 
 
-def test_stopped_replica_fails_the_sync_by_name_and_is_quarantined(server, client, trainer_model, tokenizer):
+def test_stopped_replica_fails_the_sync_by_name_and_is_quarantined(server, trainer_model, tokenizer):
+    """Also the first sync of a new trainer client: the stopped replica misses the transfer-engine init too (it used
+    to fail the whole sync, survivors included; found by `make reliability` running this test alone)."""
+    with ServerClient(server.url, api_token=API_TOKEN, timeout=120) as client:
+        stopped_replica_case(server, client, trainer_model, tokenizer)
+
+
+def stopped_replica_case(server, client, trainer_model, tokenizer):
     urls = server.replica_urls()
     group = os.getpgid(replica_pid(urls[1]))
     perturb(trainer_model, seed=4)

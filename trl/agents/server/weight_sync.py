@@ -94,6 +94,11 @@ class WeightSync:
         self._idle = asyncio.Condition()
         self._lock = asyncio.Lock()
         self._sync: _Sync | None = None
+        self._init_info: dict | list | None = (
+            None  # the trainer's last transfer-engine init, for replicas that missed it
+        )
+        self._initialized: set[str] = set()
+        self._init_failed: dict[str, str] = {}
         self.last_sync_seconds = 0.0
         self.syncs = 0
         self.failures = 0
@@ -131,13 +136,43 @@ class WeightSync:
     # -- phases ------------------------------------------------------------------------------------------------
 
     async def init(self, init_info: dict | list) -> dict[str, Any]:
-        """`init_weight_transfer_engine` on every reachable replica (a list gives each replica its own entry)."""
+        """`init_weight_transfer_engine` on every reachable replica (a list gives each replica its own entry).
+
+        A replica that fails is quarantined and left out of the next sync (which then names it); the sync after
+        that initialises it again with the same `init_info`, so it can come back. Fails only if every replica
+        fails."""
         replicas = [r for r in self.router.replicas if r.healthy]
-        bodies = self._bodies(replicas, {"init_info": init_info}, "init_info")
-        failed = await self._fan_out(replicas, "/init_weight_transfer_engine", bodies, self.config.call_timeout)
-        if failed:
+        self._init_info = init_info
+        failed = await self._init_on(replicas)
+        if len(failed) == len(replicas):
             raise SyncError(502, "init_weight_transfer_engine failed on " + _describe(failed))
-        return {"replicas": [r.name for r in replicas]}
+        return {"replicas": [r.name for r in replicas if r.name not in failed], "failed": failed}
+
+    async def _init_on(self, replicas: list[ReplicaHandle]) -> dict[str, str]:
+        bodies = self._bodies(replicas, {"init_info": self._init_info}, "init_info")
+        failed = await self._fan_out(replicas, "/init_weight_transfer_engine", bodies, self.config.call_timeout)
+        for replica in replicas:
+            if replica.name in failed:
+                self._initialized.discard(replica.name)
+                self._init_failed[replica.name] = f"/init_weight_transfer_engine: {failed[replica.name]}"
+                replica.quarantined = f"weight sync failed in {self._init_failed[replica.name]}"
+            else:
+                self._initialized.add(replica.name)
+        return failed
+
+    async def _leave_out_uninitialised(self, sync: _Sync) -> None:
+        """Before a full-weight sync: replicas whose transfer-engine init just failed sit this sync out (named in its
+        result); replicas that missed an earlier init (down at the time) are initialised now."""
+        if self._init_info is None:
+            return
+        just_failed, self._init_failed = self._init_failed, {}
+        retry = [r for r in sync.replicas if r.name not in self._initialized and r.name not in just_failed]
+        if retry:
+            await self._init_on(retry)
+        sync.failed.update({**just_failed, **self._init_failed})
+        self._init_failed = {}
+        if not sync.alive():
+            raise SyncError(502, f"weight sync failed on every replica: {_describe(sync.failed)}")
 
     async def start(self, start_update: bool = True) -> dict[str, Any]:
         """Hold new turns, drain those in flight, pause every replica, then (unless `start_update` is false)
@@ -152,6 +187,8 @@ class WeightSync:
             self._ready.clear()
             sync.watchdog = asyncio.create_task(self._watchdog(sync))
         try:
+            if start_update:
+                await self._leave_out_uninitialised(sync)
             await self._drain()
             await self._phase(sync, "/pause?mode=wait&clear_cache=true", {})
             if start_update:
