@@ -225,7 +225,7 @@ def sandbox_escapes() -> None:
         results["still serving afterwards"] = box.run("echo ok").output == "ok\n"
         held = all(results.values())
         row("sandbox", "escape attempts: " + ", ".join(results), f"{len(results)} attempts ({box.isolation})", held,
-            "; ".join(f"{k}: {'stopped' if v else 'NOT stopped'}" for k, v in results.items()))  # fmt: skip
+            "; ".join(f"{k}: {'held' if v else 'NOT held'}" for k, v in results.items()))  # fmt: skip
 
 
 SUITE_FAULTS = {
