@@ -34,6 +34,8 @@ from agent import AgentConfig, RepairAgent
 from data import Workspaces
 from rewards import TestsPassReward, unified_diff_similarity
 
+from trl.agents import ServerError
+
 
 HERE = Path(__file__).resolve().parent
 SERVE_FLAGS = ["--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--max-model-len", "4096",
@@ -94,19 +96,29 @@ def evaluate(rows, base_url: str, client, workspaces, config: AgentConfig, sampl
         row, sid = job
         try:
             result = agent.episode(row, client.session_url(sid))
+        except Exception as exc:  # counted as a failed episode (score 0), never silently dropped
+            print(f"    {sid}: episode failed: {type(exc).__name__}: {exc}", flush=True)
+            return {"instance_id": row["instance_id"], "similarity": 0.0, "solved": 0.0, "non_empty": 0.0,
+                    "stop_reason": "error", "failed": 1.0}  # fmt: skip
         finally:
-            client.close_session(sid)
+            try:
+                client.close_session(sid)
+            except ServerError as exc:
+                if exc.status != 404:  # 404: the episode failed before its first turn created the session
+                    raise
         return {
             "instance_id": row["instance_id"],
             "similarity": unified_diff_similarity(result.diff, row["patch"]),
             "solved": tests_pass.score(row, result.diff),
             "non_empty": float(bool(result.diff.strip())),
             "stop_reason": result.stop_reason,
+            "failed": 0.0,
         }
 
     with ThreadPoolExecutor(8) as pool:
         episodes = list(pool.map(one, jobs))
     summary = {k: mean(e[k] for e in episodes) for k in ("similarity", "solved", "non_empty")}
+    summary["failed_episodes"] = sum(e["failed"] for e in episodes)
     summary["reward"] = summary["similarity"] + summary["solved"]  # the GRPO reward: similarity + tests, weight 1
     summary["episodes"] = len(episodes)
     print(f"    {tag}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()), flush=True)

@@ -183,7 +183,13 @@ def write(run: Path, args, results: dict[int, dict], phases: dict[str, float], t
     lines += [
         "",
         "`reward` = diff similarity + tests pass (the GRPO reward, both weight 1); `solved` = share of episodes whose "
-        "hidden tests pass; `non_empty` = share with a non-empty patch.",
+        "hidden tests pass; `non_empty` = share with a non-empty patch. Failed evaluation episodes (counted as 0): "
+        + ", ".join(
+            f"seed {s} {results[s]['before'].get('failed_episodes', 0):.0f} before / "
+            f"{results[s]['after'].get('failed_episodes', 0):.0f} after"
+            for s in sorted(results)
+        )
+        + ".",
         "",
         "## Time",
         "",
