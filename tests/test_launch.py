@@ -65,3 +65,24 @@ def test_gpu_replicas_get_tensor_parallel_groups(monkeypatch):
     assert [p["env"]["CUDA_VISIBLE_DEVICES"] for p in plans] == ["2,3", "4,5"]
     with pytest.raises(SystemExit, match="need 6 GPUs"):
         plan(3, ["-tp", "2"], cpu=False)
+
+
+def test_upstream_connections_are_dropped_before_the_servers_drop_them():
+    """vLLM's servers (uvicorn) close idle keep-alive connections after 5 s; a request the gateway sends on one as it
+    closes fails with a reset (a 503 mid-`make demo`). The gateway's pool must let go first."""
+    import asyncio
+    import inspect
+
+    import uvicorn
+
+    from trl.agents.server.upstream import new_session
+
+    async def keepalive() -> float:
+        session = new_session()
+        try:
+            return session.connector._keepalive_timeout
+        finally:
+            await session.close()
+
+    server_side = inspect.signature(uvicorn.Config).parameters["timeout_keep_alive"].default
+    assert asyncio.run(keepalive()) < server_side
