@@ -230,9 +230,10 @@ class CodingAgent:
             ok, text = False, f"error: arguments are not valid JSON ({e.msg})"
         else:
             ok, text = self._dispatch(sandbox, name, arguments, budget)
+        ran = _is_shell(name, arguments) and budget.tool_calls < self.config.tool_limit
+        commands = command_types(arguments["command"]) if ran else []  # only commands that actually ran
         budget.tool_calls += 1
         output = budget.warn(self._truncate(text))
-        commands = command_types(arguments["command"]) if _is_shell(name, arguments) else []
         return ToolCall(turn, name, arguments, ok, output, time.monotonic() - start, commands)
 
     def _dispatch(self, sandbox: Sandbox, name: str, arguments, budget: _Budget) -> tuple[bool, str]:
