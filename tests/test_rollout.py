@@ -19,7 +19,9 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
 from trl import GRPOConfig, GRPOTrainer
-from trl.agents import AgentRollout, ServerClient, WeightSyncCallback
+from trl.agents import AgentRollout, ReplayRollout, ServerClient, WeightSyncCallback
+from trl.agents.masking import MaskedTokens
+from trl.agents.server.sessions import SessionStore
 
 
 HERE = Path(__file__).parent
@@ -311,3 +313,117 @@ def test_agent_protocol_errors_are_clear(client):
     with pytest.raises(KeyError, match="not found"):
         rollout.example_for("b")
     rollout.close()
+
+
+# -- replay: recorded episodes back into the trainer without a server ---------------------------------------------
+
+
+def test_replay_rebuilds_the_live_batch_and_trains_without_a_server(gateway, client, tiny_model_dir, tmp_path):
+    model = fresh_model(tiny_model_dir)
+    client.update_weights(model)
+    data = dataset(tiny_model_dir, 2)
+    record = tmp_path / "episodes.jsonl"
+    rollout = AgentRollout(tool_agent, client, dataset=data, max_concurrency=4, record_to=record)
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=answer_length, args=grpo_args(tmp_path), train_dataset=data, rollout_func=rollout
+    )
+    prompts = [row["prompt"] for row in data for _ in range(2)]
+    live = rollout(prompts, trainer)
+    rollout.close()
+    assert len(record.read_text().splitlines()) == 4
+
+    replay = ReplayRollout(record)
+    replayed = replay(prompts, trainer)
+    assert replayed == live  # token ids, masks, logprobs, the agent's returned keys, failures
+    assert [e.session_id for e in replay.last_episodes] == [e.session_id for e in rollout.last_episodes]
+    assert replay.totals["tool_calls/shell"] == rollout.totals["tool_calls/shell"] == 8
+
+    version = client.weight_version
+    model = fresh_model(tiny_model_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    replay = ReplayRollout(record)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=answer_length,
+        args=grpo_args(tmp_path, max_steps=2),
+        train_dataset=data,
+        rollout_func=replay,
+    )
+    trainer.train()
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert replay.totals["episodes"] == 8  # 2 steps x 4 rows, each an episode recorded above (cycled)
+    assert [e["agent/episodes"] for e in trainer.state.log_history if "agent/episodes" in e] == [4, 4]
+    assert client.weight_version == version  # nothing talked to the server
+
+
+def segment(prompt: list[int], turns: list[tuple[list[int], list[int]]]) -> dict:
+    """A recorded segment: prompt tokens, then (sampled, inserted) token runs."""
+    tokens = MaskedTokens()
+    tokens.add_context(prompt)
+    for sampled, inserted in turns:
+        tokens.add_sampled(sampled, [-0.5] * len(sampled))
+        tokens.add_context(inserted)
+    return {"token_ids": tokens.token_ids, "mask": tokens.mask, "logprobs": tokens.logprobs, "turns": []}
+
+
+def test_replay_reads_gateway_journals_and_bare_trajectories(tmp_path):
+    store = SessionStore(tmp_path / "journal")
+    for i in range(2):
+        session = store.create(f"s{i}", "replica-0")
+        seg = session.start_segment()
+        seg.tokens.add_context([1, 2, 3])
+        seg.tokens.add_sampled([10 + i, 11], [-0.1, -0.2])
+        store.save(session)
+    replay = ReplayRollout(tmp_path / "journal", match="order")
+    output = replay(["a", "b", "c"], None)
+    assert output["completion_ids"] == [[10, 11], [11, 11], [10, 11]]  # file order, cycling
+    assert output["env_mask"] == [[1, 1]] * 3 and output["logprobs"][0] == [-0.1, -0.2]
+
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text(json.dumps({"session_id": "x", "segments": [segment([5], [([6, 7], [8]), ([9], [])])]}) + "\n")
+    output = ReplayRollout(bare, match="order")(["p"], None)
+    assert output["prompt_ids"] == [[5]] and output["completion_ids"] == [[6, 7, 8, 9]]
+    assert output["env_mask"] == [[1, 1, 0, 1]]
+    with pytest.raises(ValueError, match="no prompt"):
+        ReplayRollout(bare)
+
+    records = [{"prompt": "p", "result": {"diff": "d"}, "failure": "timeout", "trajectory": {"segments": [
+        segment([5], [([6], [])])]}}]  # fmt: skip
+    replay = ReplayRollout(records)
+    output = replay(["p"], None)
+    assert output["env_mask"] == [[0]] and output["failure"] == ["timeout"] and output["diff"] == ["d"]
+    assert replay.totals["failures/timeout"] == 1
+    with pytest.raises(KeyError, match="no recorded episode"):
+        replay(["q"], None)
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"segments": []}\nnot json\n')
+    with pytest.raises(ValueError, match="line 2"):
+        ReplayRollout(broken, match="order")
+    with pytest.raises(FileNotFoundError, match="no recorded episodes"):
+        ReplayRollout(tmp_path / "missing.jsonl")
+    with pytest.raises(ValueError, match="match must be"):
+        ReplayRollout(records, match="random")
+
+
+def test_replay_in_two_processes_hands_each_episode_to_one_rank(tiny_model_dir, tmp_path):
+    records = []
+    for p in range(2):
+        for g in range(4):  # 4 distinct recorded episodes per prompt, rewards 0..3
+            records.append({"prompt": f"task {p}", "session_id": f"t{p}-e{g}", "result": {"answer": g},
+                            "trajectory": {"segments": [segment([5, 6 + p], [([20 + g, 21], [7]), ([22], [])])]}})  # fmt: skip
+    episodes = tmp_path / "episodes.jsonl"
+    episodes.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "ranks"
+    out.mkdir()
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu",
+               str(HERE / "scripts" / "grpo_replay_two_processes.py"), str(episodes), tiny_model_dir, str(out)]  # fmt: skip
+    result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["changed"] > 0 for r in ranks)
+    for step in range(2):  # one prompt's 4 generations per step, 2 on each rank: 4 distinct recorded episodes
+        handed = ranks[0]["handed"][step] + ranks[1]["handed"][step]
+        assert len(handed) == 4 and len(set(handed)) == 4, handed
+        assert len({h.split("-")[0] for h in handed}) == 1

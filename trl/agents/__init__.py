@@ -18,6 +18,7 @@ _EXPORTS = {
     "AgentRollout": "rollout",
     "DataCollatorForAgentTrajectories": "collator",
     "filter_by_reward": "data",
+    "ReplayRollout": "replay",
     "ServerClient": "client",
     "ServerError": "client",
     "WeightSyncCallback": "callbacks",
@@ -26,6 +27,7 @@ _EXPORTS = {
 __all__ = [
     "AgentRollout",
     "DataCollatorForAgentTrajectories",
+    "ReplayRollout",
     "ServerClient",
     "ServerError",
     "WeightSyncCallback",
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from .client import ServerClient, ServerError
     from .collator import DataCollatorForAgentTrajectories
     from .data import filter_by_reward
+    from .replay import ReplayRollout
     from .rollout import AgentRollout
 
 

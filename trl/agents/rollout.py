@@ -21,7 +21,9 @@ Policies, and why:
   thread is abandoned (give the agent's OpenAI client a timeout too); a coroutine agent is cancelled.
 
 The row masks come from `masking.MaskedTokens`, the same code the SFT collator uses. Metrics go to the trainer's own
-metric store, so they appear in its logs and every `report_to` integration. Not here: weight sync (add
+metric store, so they appear in its logs and every `report_to` integration. `record_to=path` appends every episode
+(prompt, agent result, failure, trajectory) to a JSONL file that `trl.agents.replay.ReplayRollout` feeds back to
+the trainer without a server; both share `EpisodeRollout`, which turns episodes into rows. Not here: weight sync (add
 `WeightSyncCallback`; this hook warns when the policy version stops moving), rewards, the agents themselves.
 """
 
@@ -32,6 +34,7 @@ import concurrent.futures
 import inspect
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -94,154 +97,63 @@ def prompt_key(prompt: Any) -> str:
     return json.dumps(prompt, sort_keys=True, default=str)
 
 
-class AgentRollout:
-    """Upstream `rollout_func` that runs `agent` once per prompt through a `trl vllm-serve-async` gateway.
+class EpisodeRollout:
+    """Upstream `rollout_func` from `Episode`s: rows, failure policy, metrics and recording, shared by the live
+    `AgentRollout` and `trl.agents.replay.ReplayRollout`. Subclasses say where episodes come from (`episodes`).
 
     Args:
-        agent: `agent(example, base_url) -> dict | None`, sync or async (see `Agent`).
-        client: A `trl.agents.ServerClient` for the gateway.
-        dataset: The training dataset. The trainer passes only prompts to a `rollout_func`; with the dataset each
-            prompt is looked up to give the agent its whole row (repository, commit, tests ...). Without it, the
-            agent gets `{"prompt": prompt}`.
-        max_concurrency: Episodes running at once in this process.
-        timeout: Seconds one episode may take.
         max_completion_length: Completion tokens kept per row; by default the trainer's `args.max_completion_length`.
         progress: Show a progress bar per batch (main process only).
+        record_to: Append every episode to this JSONL file (one line per episode: the prompt, the agent's result,
+            the failure, the trajectory exactly as the gateway recorded it, step and rank), the input
+            `ReplayRollout` reads. Each line is written with one `write`, so processes can share the file.
 
     After each call `last_episodes` holds this process's `Episode`s, `last_metrics` the batch's metrics and `totals`
     the counts (episodes, turns, failures/<reason>, clipped, ...) over all processes since construction.
     """
 
-    def __init__(
-        self,
-        agent: Agent | Callable[..., Any],
-        client: GatewayClient,
-        *,
-        dataset=None,
-        max_concurrency: int = 8,
-        timeout: float = 600.0,
-        max_completion_length: int | None = None,
-        progress: bool = True,
-    ):
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive, not {timeout}")
-        self.agent = agent
-        self.client = client
-        self.max_concurrency = max_concurrency
-        self.timeout = timeout
+    def __init__(self, *, max_completion_length: int | None = None, progress: bool = True, record_to=None):
         self.max_completion_length = max_completion_length
         self.progress = progress
-        self.examples = self._index(dataset) if dataset is not None else None
+        self.record_to = None if record_to is None else os.fspath(record_to)
         self.totals: Counter[str] = Counter()
         self.last_episodes: list[Episode] = []
         self.last_metrics: dict[str, float] = {}
-        self._run_id = uuid.uuid4().hex[:8]
-        self._batches = 0
-        self._last_version: tuple[int, int] | None = None  # (global_step, policy version) at the previous call
-        self._loop = asyncio.new_event_loop()
-        threading.Thread(target=self._loop.run_forever, name="agent-rollout-loop", daemon=True).start()
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_concurrency, thread_name_prefix="agent")
 
-    @staticmethod
-    def _index(dataset) -> dict[str, dict[str, Any]]:
-        examples: dict[str, dict[str, Any]] = {}
-        for row in dataset:
-            if "prompt" not in row:
-                raise ValueError(f"dataset rows need a 'prompt' column; this one has {sorted(row)}")
-            key = prompt_key(row["prompt"])
-            if key in examples and examples[key] != dict(row):
-                raise ValueError(
-                    "two dataset rows have the same prompt but different fields, so a prompt cannot name its row: "
-                    f"{str(row['prompt'])[:200]!r}. Make prompts unique (e.g. include the task id)."
-                )
-            examples[key] = dict(row)
-        return examples
-
-    def example_for(self, prompt: Any) -> dict[str, Any]:
-        if self.examples is None:
-            return {"prompt": prompt}
-        try:
-            return dict(self.examples[prompt_key(prompt)])
-        except KeyError:
-            raise KeyError(f"prompt not found in the dataset given to AgentRollout: {str(prompt)[:200]!r}") from None
-
-    # -- the rollout_func contract -----------------------------------------------------------------------------
+    def episodes(self, prompts: list[Any], *, rank: int, step: int, show: bool) -> list[Episode]:
+        """One finished `Episode` (trajectory read) per prompt, in order."""
+        raise NotImplementedError
 
     def __call__(self, prompts: list[Any], trainer) -> dict[str, list]:
         rank = getattr(getattr(trainer, "accelerator", None), "process_index", 0)
         step = getattr(getattr(trainer, "state", None), "global_step", 0)
-        self._check_sync(step)
-        batch = f"{self._run_id}-b{self._batches}-r{rank}"
-        self._batches += 1
-        episodes = [Episode(f"{batch}-{i}", self.example_for(p)) for i, p in enumerate(prompts)]
         started = time.monotonic()
-        future = asyncio.run_coroutine_threadsafe(
-            self._run_all(episodes, show=self.progress and rank == 0), self._loop
-        )
-        future.result()
+        episodes = self.episodes(prompts, rank=rank, step=step, show=self.progress and rank == 0)
         wall = time.monotonic() - started
         rows, stats = [], Counter()
         for prompt, episode in zip(prompts, episodes, strict=True):
             rows.append(self._row(prompt, episode, trainer, stats))
+        if self.record_to is not None:
+            self._record(prompts, episodes, step=step, rank=rank)
         self.last_episodes = episodes
         self._log(trainer, stats, wall)
         return self._output(rows, episodes)
 
-    async def _run_all(self, episodes: list[Episode], show: bool) -> None:
-        from tqdm.auto import tqdm
-
-        limit = asyncio.Semaphore(self.max_concurrency)
-        with tqdm(total=len(episodes), desc="agent episodes", unit="ep", disable=not show, leave=False) as bar:
-
-            async def run(episode: Episode) -> None:
-                async with limit:
-                    await self._run_one(episode)
-                bar.update(1)
-                if episode.failure:
-                    bar.set_postfix(failures=sum(1 for e in episodes if e.failure), refresh=False)
-
-            await asyncio.gather(*(run(e) for e in episodes))
-
-    async def _run_one(self, episode: Episode) -> None:
-        url = self.client.session_url(episode.session_id)
-        started = time.monotonic()
+    def _record(self, prompts: list[Any], episodes: list[Episode], *, step: int, rank: int) -> None:
+        lines = b"".join(
+            (json.dumps({
+                "prompt": prompt, "session_id": e.session_id, "step": step, "rank": rank, "result": e.result,
+                "failure": e.failure, "error": e.error, "seconds": e.seconds, "trajectory": e.trajectory,
+            }, default=str, separators=(",", ":")) + "\n").encode()
+            for prompt, e in zip(prompts, episodes, strict=True)
+        )  # fmt: skip
+        fd = os.open(self.record_to, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            if _is_async(self.agent):
-                result = await asyncio.wait_for(self.agent(dict(episode.example), url), self.timeout)
-            else:
-                call = self._loop.run_in_executor(self._pool, self.agent, dict(episode.example), url)
-                result = await asyncio.wait_for(call, self.timeout)
-                if inspect.isawaitable(result):
-                    result = await asyncio.wait_for(result, max(0.1, self.timeout - (time.monotonic() - started)))
-        except asyncio.TimeoutError:
-            episode.failure, episode.error = "timeout", f"episode ran past its {self.timeout:.0f} s timeout"
-        except Exception as exc:  # an agent's bug must not stop training: recorded, counted, logged
-            episode.failure, episode.error = "agent_error", f"{type(exc).__name__}: {exc}"
-        else:
-            if result is not None and not isinstance(result, dict):
-                episode.failure, episode.error = "bad_result", f"agent returned {type(result).__name__}, not a dict"
-            else:
-                episode.result = result or {}
-        episode.seconds = time.monotonic() - started
-        await asyncio.to_thread(self._collect, episode)  # while other episodes still run
-        if episode.failure:
-            logger.warning("episode %s failed (%s): %s", episode.session_id, episode.failure, episode.error)
+            os.write(fd, lines)  # one write per batch: processes appending to one file do not interleave lines
+        finally:
+            os.close(fd)
 
-    # -- rows --------------------------------------------------------------------------------------------------
-
-    def _collect(self, episode: Episode) -> None:
-        """Read the episode's trajectory and free its session on the gateway."""
-        from .client import ServerError
-
-        try:
-            episode.trajectory = self.client.trajectory(episode.session_id)
-        except ServerError as exc:
-            if exc.status != 404 and not episode.failure:  # 404: the agent never called the model
-                episode.failure, episode.error = "trajectory_error", str(exc)
-        else:
-            self.client.close_session(episode.session_id)
+    # -- rows and metrics -----------------------------------------------------------------------------------------
 
     def _row(self, prompt: Any, episode: Episode, trainer, stats: Counter) -> RolloutRow:
         segments = (episode.trajectory or {}).get("segments") or []
@@ -298,26 +210,6 @@ class AgentRollout:
         output["failure"] = [e.failure for e in episodes]
         return output
 
-    # -- observability -----------------------------------------------------------------------------------------
-
-    def _check_sync(self, step: int) -> None:
-        try:
-            version = self.client.weight_version
-        except Exception as exc:  # the gateway's error text is in the message; rollouts will fail loudly below
-            logger.warning("could not read the policy version: %s", exc)
-            return
-        if self._last_version is not None:
-            last_step, last_version = self._last_version
-            if step > last_step and version == last_version:
-                logger.warning(
-                    "the trainer took %d optimizer step(s) since the last rollout but the server still serves policy "
-                    "version %d: episodes are sampled from stale weights. Add "
-                    "`trl.agents.WeightSyncCallback(client)` to the trainer's callbacks.",
-                    step - last_step,
-                    version,
-                )
-        self._last_version = (step, version)
-
     def _log(self, trainer, stats: Counter, wall: float) -> None:
         accelerator = getattr(trainer, "accelerator", None)
         if accelerator is not None and accelerator.num_processes > 1:
@@ -351,6 +243,155 @@ class AgentRollout:
             mode = "train" if getattr(getattr(trainer, "model", None), "training", True) else "eval"
             for key, value in metrics.items():
                 store[mode][key].append(float(value))
+
+
+class AgentRollout(EpisodeRollout):
+    """Upstream `rollout_func` that runs `agent` once per prompt through a `trl vllm-serve-async` gateway.
+
+    Args:
+        agent: `agent(example, base_url) -> dict | None`, sync or async (see `Agent`).
+        client: A `trl.agents.ServerClient` for the gateway.
+        dataset: The training dataset. The trainer passes only prompts to a `rollout_func`; with the dataset each
+            prompt is looked up to give the agent its whole row (repository, commit, tests ...). Without it, the
+            agent gets `{"prompt": prompt}`.
+        max_concurrency: Episodes running at once in this process.
+        timeout: Seconds one episode may take.
+        max_completion_length, progress, record_to: see `EpisodeRollout`.
+    """
+
+    def __init__(
+        self,
+        agent: Agent | Callable[..., Any],
+        client: GatewayClient,
+        *,
+        dataset=None,
+        max_concurrency: int = 8,
+        timeout: float = 600.0,
+        max_completion_length: int | None = None,
+        progress: bool = True,
+        record_to=None,
+    ):
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, not {timeout}")
+        super().__init__(max_completion_length=max_completion_length, progress=progress, record_to=record_to)
+        self.agent = agent
+        self.client = client
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.examples = self._index(dataset) if dataset is not None else None
+        self._run_id = uuid.uuid4().hex[:8]
+        self._batches = 0
+        self._last_version: tuple[int, int] | None = None  # (global_step, policy version) at the previous call
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="agent-rollout-loop", daemon=True).start()
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_concurrency, thread_name_prefix="agent")
+
+    @staticmethod
+    def _index(dataset) -> dict[str, dict[str, Any]]:
+        examples: dict[str, dict[str, Any]] = {}
+        for row in dataset:
+            if "prompt" not in row:
+                raise ValueError(f"dataset rows need a 'prompt' column; this one has {sorted(row)}")
+            key = prompt_key(row["prompt"])
+            if key in examples and examples[key] != dict(row):
+                raise ValueError(
+                    "two dataset rows have the same prompt but different fields, so a prompt cannot name its row: "
+                    f"{str(row['prompt'])[:200]!r}. Make prompts unique (e.g. include the task id)."
+                )
+            examples[key] = dict(row)
+        return examples
+
+    def example_for(self, prompt: Any) -> dict[str, Any]:
+        if self.examples is None:
+            return {"prompt": prompt}
+        try:
+            return dict(self.examples[prompt_key(prompt)])
+        except KeyError:
+            raise KeyError(f"prompt not found in the dataset given to AgentRollout: {str(prompt)[:200]!r}") from None
+
+    # -- running agents -----------------------------------------------------------------------------------------
+
+    def episodes(self, prompts: list[Any], *, rank: int, step: int, show: bool) -> list[Episode]:
+        self._check_sync(step)
+        batch = f"{self._run_id}-b{self._batches}-r{rank}"
+        self._batches += 1
+        episodes = [Episode(f"{batch}-{i}", self.example_for(p)) for i, p in enumerate(prompts)]
+        asyncio.run_coroutine_threadsafe(self._run_all(episodes, show=show), self._loop).result()
+        return episodes
+
+    async def _run_all(self, episodes: list[Episode], show: bool) -> None:
+        from tqdm.auto import tqdm
+
+        limit = asyncio.Semaphore(self.max_concurrency)
+        with tqdm(total=len(episodes), desc="agent episodes", unit="ep", disable=not show, leave=False) as bar:
+
+            async def run(episode: Episode) -> None:
+                async with limit:
+                    await self._run_one(episode)
+                bar.update(1)
+                if episode.failure:
+                    bar.set_postfix(failures=sum(1 for e in episodes if e.failure), refresh=False)
+
+            await asyncio.gather(*(run(e) for e in episodes))
+
+    async def _run_one(self, episode: Episode) -> None:
+        url = self.client.session_url(episode.session_id)
+        started = time.monotonic()
+        try:
+            if _is_async(self.agent):
+                result = await asyncio.wait_for(self.agent(dict(episode.example), url), self.timeout)
+            else:
+                call = self._loop.run_in_executor(self._pool, self.agent, dict(episode.example), url)
+                result = await asyncio.wait_for(call, self.timeout)
+                if inspect.isawaitable(result):
+                    result = await asyncio.wait_for(result, max(0.1, self.timeout - (time.monotonic() - started)))
+        except asyncio.TimeoutError:
+            episode.failure, episode.error = "timeout", f"episode ran past its {self.timeout:.0f} s timeout"
+        except Exception as exc:  # an agent's bug must not stop training: recorded, counted, logged
+            episode.failure, episode.error = "agent_error", f"{type(exc).__name__}: {exc}"
+        else:
+            if result is not None and not isinstance(result, dict):
+                episode.failure, episode.error = "bad_result", f"agent returned {type(result).__name__}, not a dict"
+            else:
+                episode.result = result or {}
+        episode.seconds = time.monotonic() - started
+        await asyncio.to_thread(self._collect, episode)  # while other episodes still run
+        if episode.failure:
+            logger.warning("episode %s failed (%s): %s", episode.session_id, episode.failure, episode.error)
+
+    def _collect(self, episode: Episode) -> None:
+        """Read the episode's trajectory and free its session on the gateway."""
+        from .client import ServerError
+
+        try:
+            episode.trajectory = self.client.trajectory(episode.session_id)
+        except ServerError as exc:
+            if exc.status != 404 and not episode.failure:  # 404: the agent never called the model
+                episode.failure, episode.error = "trajectory_error", str(exc)
+        else:
+            self.client.close_session(episode.session_id)
+
+    # -- observability -----------------------------------------------------------------------------------------
+
+    def _check_sync(self, step: int) -> None:
+        try:
+            version = self.client.weight_version
+        except Exception as exc:  # the gateway's error text is in the message; rollouts will fail loudly below
+            logger.warning("could not read the policy version: %s", exc)
+            return
+        if self._last_version is not None:
+            last_step, last_version = self._last_version
+            if step > last_step and version == last_version:
+                logger.warning(
+                    "the trainer took %d optimizer step(s) since the last rollout but the server still serves policy "
+                    "version %d: episodes are sampled from stale weights. Add "
+                    "`trl.agents.WeightSyncCallback(client)` to the trainer's callbacks.",
+                    step - last_step,
+                    version,
+                )
+        self._last_version = (step, version)
 
     def close(self) -> None:
         """Stop the background event loop and threads (episodes still running are abandoned)."""
