@@ -58,7 +58,8 @@ def test_grpo_script_trains_through_the_gateway(gateway, tiny_model_dir, tmp_pat
             "--rewards", "similarity,tests,nonempty", "--reward-weights", "1,1,0.1",
             "--num-generations", "4", "--per-device-train-batch-size", "4", "--max-steps", "2",
             "--tool-limit", "3", "--token-limit", "200", "--response-limit", "48", "--time-limit", "60",
-            "--max-completion-length", "3000", "--learning-rate", "1e-3", "--use-cpu", "--max-concurrency", "4"]  # fmt: skip
+            "--max-completion-length", "3000", "--learning-rate", "1e-3", "--use-cpu", "--max-concurrency", "4",
+            "--record-to", str(tmp_path / "episodes.jsonl")]  # fmt: skip
     args = grpo.parser().parse_args(argv)
     trainer, rollout, client = grpo.build_trainer(args)
     trainer.train()
@@ -70,6 +71,25 @@ def test_grpo_script_trains_through_the_gateway(gateway, tiny_model_dir, tmp_pat
     for episode in rollout.last_episodes:
         assert episode.failure is None and episode.result["stop_reason"] in ("tool_limit", "token_limit")
     rollout.close()
+
+    # the same script again on the recorded episodes: no server, no agent, the recorded results reach the rewards
+    recorded = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    assert len(recorded) == 8 and all(
+        r["trajectory"]["segments"] and "generated_diff" in r["result"] for r in recorded
+    )
+    version = client.weight_version
+    replay = grpo.parser().parse_args([
+        "--model", tiny_model_dir, "--dataset", "toy", "--cache-dir", str(tmp_path / "cache"),
+        "--output-dir", str(tmp_path / "replay"), "--rewards", "similarity,nonempty", "--num-generations", "4",
+        "--per-device-train-batch-size", "4", "--max-steps", "2", "--max-completion-length", "3000", "--use-cpu",
+        "--replay", str(tmp_path / "episodes.jsonl"), "--replay-match", "order",
+    ])  # fmt: skip
+    trainer, rollout, none = grpo.build_trainer(replay)
+    trainer.train()
+    assert none is None and rollout.totals["episodes"] == 8
+    replayed = sorted(e.session_id for e in rollout.last_episodes)
+    assert replayed == sorted(r["session_id"] for r in recorded[4:])  # step 2 replays the second recorded batch
+    assert client.weight_version == version
     client.close()
 
 

@@ -87,6 +87,20 @@ def parser() -> argparse.ArgumentParser:
     add("--save-steps", type=int, default=0, help="0: save only at the end")
     add("--report-to", default="none")
     add("--metrics-file", type=Path, default=None, help="append one JSON line of metrics per logged step here")
+    # recorded episodes
+    add("--record-to", type=Path, default=None, help="append every episode to this JSONL (input of --replay)")
+    add(
+        "--replay",
+        type=Path,
+        default=None,
+        help="train on recorded episodes (a --record-to file or a gateway --journal-dir) instead of a live server",
+    )
+    add(
+        "--replay-match",
+        default="prompt",
+        choices=["prompt", "order"],
+        help="prompt: each task gets its own recorded episodes; order: episodes in file order, whatever the task",
+    )
     return p
 
 
@@ -151,7 +165,7 @@ def build_trainer(args, dataset=None, model=None, callbacks=()):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trl import GRPOConfig, GRPOTrainer
-    from trl.agents import AgentRollout, ServerClient, WeightSyncCallback
+    from trl.agents import AgentRollout, ReplayRollout, ServerClient, WeightSyncCallback
 
     dataset = dataset if dataset is not None else build_dataset(args)
     workspaces = Workspaces(args.cache_dir)
@@ -165,18 +179,27 @@ def build_trainer(args, dataset=None, model=None, callbacks=()):
 
         targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
         peft_config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, target_modules=targets)
-    client = ServerClient(args.server_url, api_token=args.api_token, timeout=600)
-    agent_config = AgentConfig(
-        model=args.served_model_name or args.model,
-        tool_limit=args.tool_limit,
-        token_limit=args.token_limit,
-        time_limit=args.time_limit,
-        response_limit=args.response_limit,
-        temperature=args.temperature,
-    )
-    agent = RepairAgent(workspaces, agent_config)
-    timeout = args.time_limit + 120  # the agent stops itself at its time limit; this catches a hung server
-    rollout = AgentRollout(agent, client, dataset=dataset, max_concurrency=args.max_concurrency, timeout=timeout)
+    if args.replay:  # no server, no agent: the recorded episodes, and no weights to send anywhere
+        client = None
+        rollout = ReplayRollout(args.replay, match=args.replay_match, record_to=args.record_to)
+        callbacks = list(callbacks)
+    else:
+        client = ServerClient(args.server_url, api_token=args.api_token, timeout=600)
+        agent_config = AgentConfig(
+            model=args.served_model_name or args.model,
+            tool_limit=args.tool_limit,
+            token_limit=args.token_limit,
+            time_limit=args.time_limit,
+            response_limit=args.response_limit,
+            temperature=args.temperature,
+        )
+        agent = RepairAgent(workspaces, agent_config)
+        timeout = args.time_limit + 120  # the agent stops itself at its time limit; this catches a hung server
+        rollout = AgentRollout(
+            agent, client, dataset=dataset, max_concurrency=args.max_concurrency, timeout=timeout,
+            record_to=args.record_to,
+        )  # fmt: skip
+        callbacks = [WeightSyncCallback(client, every=1, sync_on_train_begin=True), *callbacks]
     reward_funcs, weights = reward_functions(args, workspaces)
     config = GRPOConfig(
         output_dir=args.output_dir,
@@ -208,7 +231,7 @@ def build_trainer(args, dataset=None, model=None, callbacks=()):
         train_dataset=dataset,
         rollout_func=rollout,
         peft_config=peft_config,
-        callbacks=[WeightSyncCallback(client, every=1, sync_on_train_begin=True), *callbacks],
+        callbacks=callbacks,
     )
     if args.metrics_file:  # after the sync callback, so its weight_sync/* keys are in the logs it sees
         trainer.add_callback(MetricsFile(args.metrics_file, rollout))
@@ -222,8 +245,14 @@ def main(argv: list[str] | None = None) -> None:
     trainer.train()
     trainer.save_model(args.output_dir)
     rollout.close()
-    client.close()
+    if client is not None:
+        client.close()
     print(f"episodes: {dict(rollout.totals)}")
+    import torch
+
+    if torch.cuda.is_available():
+        rank = trainer.accelerator.process_index
+        print(f"rank {rank}: peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB", flush=True)
 
 
 if __name__ == "__main__":

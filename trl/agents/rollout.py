@@ -124,6 +124,9 @@ class EpisodeRollout:
         """One finished `Episode` (trajectory read) per prompt, in order."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what the episodes' source holds (nothing here)."""
+
     def __call__(self, prompts: list[Any], trainer) -> dict[str, list]:
         rank = getattr(getattr(trainer, "accelerator", None), "process_index", 0)
         step = getattr(getattr(trainer, "state", None), "global_step", 0)

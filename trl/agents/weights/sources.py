@@ -122,8 +122,9 @@ class ModelWeights:
                 import deepspeed
 
                 with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-                    # copy out before the shards are released; only the sender needs the tensors
-                    tensors = [p.detach().to("cpu", copy=True) if self.rank == 0 else None for p in params]
+                    # copy out (on the device: NCCL sends from there) before the shards are released; only the
+                    # sender needs the tensors
+                    tensors = [p.detach().clone() if self.rank == 0 else None for p in params]
             else:
                 tensors = [p.detach() for p in params]
             yield group, tensors
