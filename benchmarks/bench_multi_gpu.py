@@ -97,6 +97,9 @@ def run_config(config: str, args, model_dir: Path, episodes_path: Path, cache: P
     except subprocess.TimeoutExpired as exc:
         return {"config": config, "status": "timeout", "error": str(exc)[-300:]}
     (work / f"{config}.log").write_text(proc.stdout + proc.stderr)
+    if args.out:  # one file of logs next to the results (the device machine returns few files)
+        with (args.out.parent / "multi-logs.txt").open("a") as f:
+            f.write(f"===== {config} (exit {proc.returncode})\n{(proc.stdout + proc.stderr)[-20000:]}\n")
     result = {"config": config, "wall_seconds": time.perf_counter() - started}
     if proc.returncode != 0:
         return {**result, "status": "error", "error": (proc.stdout + proc.stderr)[-1500:]}
@@ -127,6 +130,9 @@ def main() -> None:
         args.model, args.configs, args.steps, args.max_tokens, min_tokens = "tiny", "ddp", 3, 512, 256
         args.skip_export = True
     work = Path(tempfile.mkdtemp(prefix="bench-multi-gpu-"))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        (args.out.parent / "multi-logs.txt").write_text("")
     sys.path.insert(0, str(EXAMPLE))
     import toy_suite
 

@@ -12,7 +12,8 @@ records: a 1-2k-token prompt, then sampled turns and environment outputs until 8
 completion environment tokens (`env_mask` 0). Token ids are random (the cost does not depend on their values).
 
 Each variant runs in its own process (an out-of-memory variant cannot disturb the next) and is reported as
-tokens/s (prompt + completion tokens of the step over the median step time, after warm-up) and peak GPU memory
+tokens/s (the median over the timed steps of each step's prompt + completion tokens, environment tokens included,
+over its time; warm-up steps excluded) and peak GPU memory
 (`torch.cuda.max_memory_allocated`). Variants: full fine-tuning vs LoRA r=32 (all linear layers), Liger kernels on
 or off (`use_liger_kernel`: TRL 1.16 already computes the GRPO loss through its own chunked fused LM head, so Liger
 only swaps the layer kernels), gradient checkpointing on or off.
@@ -54,6 +55,7 @@ FILTERS = {  # --variants filter -> which variants it drops
     "gconly": lambda v: not v["grad_ckpt"],
     "fullonly": lambda v: v["finetune"] != "full",
     "noupstream": lambda v: v["path"] == "upstream",
+    "pairs": lambda v: v["liger"] or not v["grad_ckpt"],  # only the variants measured on both paths
 }
 
 
@@ -131,6 +133,7 @@ def run_variant(spec: dict) -> dict:
         peft_config = LoraConfig(r=32, lora_alpha=64, target_modules="all-linear")
 
     steps: list[tuple[float, int]] = []  # (seconds, tokens) per optimizer step
+    batches: list[int] = []  # prompt + completion tokens (environment tokens included) of each generation batch
 
     class Clock(TrainerCallback):
         """Times each optimizer step (rollout, scoring, forward, backward, optimizer) and counts its tokens."""
@@ -138,20 +141,28 @@ def run_variant(spec: dict) -> dict:
         def on_step_begin(self, args, state, control, **kwargs):
             if cuda:
                 torch.cuda.synchronize()
-            self.start, self.tokens = time.perf_counter(), state.num_input_tokens_seen
+            self.start, self.batches = time.perf_counter(), len(batches)
 
         def on_step_end(self, args, state, control, **kwargs):
             if cuda:
                 torch.cuda.synchronize()
-            steps.append((time.perf_counter() - self.start, state.num_input_tokens_seen - self.tokens))
+            steps.append((time.perf_counter() - self.start, sum(batches[self.batches :])))
 
     path = Path(spec["episodes"])
     if spec["path"] == "ours":
         from trl.agents import ReplayRollout
 
-        rollout = ReplayRollout(path)
+        inner = ReplayRollout(path)
     else:
-        rollout = upstream_rollout(path)
+        inner = upstream_rollout(path)
+
+    def rollout(prompts, trainer):
+        output = inner(prompts, trainer)
+        batches.append(
+            sum(len(p) + len(c) for p, c in zip(output["prompt_ids"], output["completion_ids"], strict=True))
+        )
+        return output
+
     prompts = list(dict.fromkeys(json.loads(line)["prompt"] for line in path.read_text().splitlines()))
     total_steps = spec["warmup"] + spec["steps"]
     args = GRPOConfig(
@@ -177,12 +188,14 @@ def run_variant(spec: dict) -> dict:
     after = next(p for p in trainer.model.parameters() if p.requires_grad).detach().float()
     timed = steps[spec["warmup"] :]
     seconds = [t for t, _ in timed]
+    rates = [n / t for t, n in timed]
     return {
         "status": "ok",
         "step_seconds": seconds,
         "step_tokens": [n for _, n in timed],
+        "step_tokens_per_second": rates,
         "median_step_seconds": statistics.median(seconds),
-        "tokens_per_second": sum(n for _, n in timed) / sum(seconds),
+        "tokens_per_second": statistics.median(rates),
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "params_changed": bool((after - before.to(after.device)).abs().max() > 0),
@@ -225,6 +238,7 @@ def main() -> None:
     parser.add_argument("--models", default="0.6b,1.7b")
     parser.add_argument("--variants", default="all", help=f"all, or comma-separated filters from {sorted(FILTERS)}")
     parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps per variant")
+    parser.add_argument("--rounds", type=int, default=1, help="run the variant list this many times, in turn")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--min-tokens", type=int, default=8192)
     parser.add_argument("--max-tokens", type=int, default=16384)
@@ -256,7 +270,7 @@ def main() -> None:
     print(f"episodes: {stats}", flush=True)
     results = []
     begun = time.monotonic()
-    for v in variants(args.models.split(","), args.variants):
+    for v in [dict(v, round=r) for r in range(args.rounds) for v in variants(args.models.split(","), args.variants)]:
         if args.deadline is not None and time.monotonic() - begun > args.deadline:
             results.append({**v, "status": "skipped", "error": f"not started within --deadline {args.deadline:.0f} s"})
             continue
@@ -277,24 +291,24 @@ def main() -> None:
         print(f"{label(v)} {v['path']:8} {r['status']:7} {r.get('tokens_per_second', 0):9.0f} tok/s "
               f"peak {r.get('peak_gib') or 0:5.1f} GiB  ({r['wall_seconds']:.0f} s) {extra}", flush=True)  # fmt: skip
     ratios = {}
-    for r in results:
-        if r["path"] == "upstream" and r["status"] == "ok":
-            ours = next(
-                (o for o in results if o["path"] == "ours" and label(o) == label(r) and o["status"] == "ok"), None
-            )
-            if ours:
-                ratios[label(r)] = ours["tokens_per_second"] / r["tokens_per_second"]
+    for name in dict.fromkeys(label(r) for r in results):
+        rates = {path: [x for r in results if label(r) == name and r["path"] == path and r["status"] == "ok"
+                        for x in r["step_tokens_per_second"]] for path in ("ours", "upstream")}  # fmt: skip
+        if rates["ours"] and rates["upstream"]:
+            ratios[name] = statistics.median(rates["ours"]) / statistics.median(rates["upstream"])
     environment = _environment()
     if args.out:
         args.out.write_text(json.dumps({"environment": environment, "episodes": stats, "results": results,
                                         "ours_over_upstream": ratios}, indent=1))  # fmt: skip
     print(f"\n{environment}")
-    print(f"{'variant':38} {'path':8} {'status':7} {'tokens/s':>9} {'peak GiB':>8} {'step s':>7} {'trained':>7}")
+    print(
+        f"{'variant':38} {'path':8} {'round':>5} {'status':7} {'tokens/s':>9} {'peak GiB':>8} {'step s':>7} {'trained':>7}"
+    )
     for r in results:
-        print(f"{label(r):38} {r['path']:8} {r['status']:7} {r.get('tokens_per_second', 0):9.0f} "
+        print(f"{label(r):38} {r['path']:8} {r['round']:5} {r['status']:7} {r.get('tokens_per_second', 0):9.0f} "
               f"{r.get('peak_gib') or 0:8.1f} {r.get('median_step_seconds', 0):7.2f} {str(r.get('params_changed', '-')):>7}")  # fmt: skip
     for name, ratio in ratios.items():
-        print(f"ours/upstream tokens/s, {name}: {ratio:.3f}")
+        print(f"ours/upstream tokens/s (medians of per-step rates over all rounds), {name}: {ratio:.3f}")
 
 
 def _environment() -> str:

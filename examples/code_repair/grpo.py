@@ -30,7 +30,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from agent import AgentConfig, RepairAgent
 from data import Workspaces, load_tasks
 from rewards import TestsPassReward, diff_similarity_reward, exact_patch_reward, non_empty_patch_reward
 from transformers import TrainerCallback
@@ -184,6 +183,8 @@ def build_trainer(args, dataset=None, model=None, callbacks=()):
         rollout = ReplayRollout(args.replay, match=args.replay_match, record_to=args.record_to)
         callbacks = list(callbacks)
     else:
+        from agent import AgentConfig, RepairAgent  # the agent needs `openai`; replaying does not
+
         client = ServerClient(args.server_url, api_token=args.api_token, timeout=600)
         agent_config = AgentConfig(
             model=args.served_model_name or args.model,
