@@ -54,6 +54,8 @@ FILTERS = {  # --variants filter -> which variants it drops
     "noliger": lambda v: v["liger"],
     "gconly": lambda v: not v["grad_ckpt"],
     "fullonly": lambda v: v["finetune"] != "full",
+    "loraonly": lambda v: v["finetune"] != "lora",
+    "nogconly": lambda v: v["grad_ckpt"],
     "noupstream": lambda v: v["path"] == "upstream",
     "pairs": lambda v: v["liger"] or not v["grad_ckpt"],  # only the variants measured on both paths
 }

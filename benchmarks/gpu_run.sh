@@ -2,6 +2,7 @@
 # The GPU benchmarks as run on the lent machine for benchmarks/RESULTS.md, one command each:
 #   bash benchmarks/gpu_run.sh single   # 1 GPU per job: bench_trainer (0.6B on GPU 0, 1.7B on GPU 1), weight export
 #   bash benchmarks/gpu_run.sh pairs    # ours vs upstream only, alternating, 2 rounds (0.6B on GPU 0, 1.7B on GPU 1)
+#   bash benchmarks/gpu_run.sh lora-nogc  # the LoRA rows without checkpointing (the single run's deadline cut them)
 #   bash benchmarks/gpu_run.sh multi    # 2 GPUs: grpo.py --replay under DDP / ZeRO-2 / ZeRO-3, ZeRO-3 export
 # The machine has torch, transformers, peft and accelerate but no network: the other packages come as wheels in
 # .whl/ (trl 1.16, datasets, liger-kernel, deepspeed and their missing dependencies; see RESULTS.md), and this
@@ -42,8 +43,17 @@ case "${1:-}" in
     wait
     for f in "$OUT"/pairs-*.log; do echo "== $f"; tail -n 14 "$f"; done
     ;;
+  lora-nogc)
+    for i in 0 1; do
+      model=$([ $i = 0 ] && echo 0.6b || echo 1.7b)
+      CUDA_VISIBLE_DEVICES=$i python3 benchmarks/bench_trainer.py --models $model --variants loraonly,nogconly,noupstream \
+        --variant-timeout 120 --out "$OUT/lora-nogc-$model.json" > "$OUT/lora-nogc-$model.log" 2>&1 &
+    done
+    wait
+    for f in "$OUT"/lora-nogc-*.log; do echo "== $f"; tail -n 6 "$f"; done
+    ;;
   multi)
     python3 benchmarks/bench_multi_gpu.py --out "$OUT/multi.json" 2>&1 | tee "$OUT/multi.log" | tail -n 40
     ;;
-  *) echo "usage: bash benchmarks/gpu_run.sh single|pairs|multi"; exit 2 ;;
+  *) echo "usage: bash benchmarks/gpu_run.sh single|pairs|lora-nogc|multi"; exit 2 ;;
 esac
