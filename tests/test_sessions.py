@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trl.agents.masking import MaskedTokens
+from trl.agents.server.routing import ReplicaHandle, Router
 from trl.agents.server.sessions import (
     JournalError,
     Session,
@@ -113,3 +114,14 @@ def test_journal_skips_a_torn_last_line_and_refuses_damage_elsewhere(tmp_path):
     (tmp_path / "ep.jsonl").write_text("\n".join([lines[0], "garbage", lines[1]]) + "\n")
     with pytest.raises(JournalError, match="ep.jsonl, line 2, is damaged"):
         SessionStore(tmp_path)
+
+
+def test_router_adopts_journaled_sessions_on_their_replica_or_a_stable_one():
+    router = Router([ReplicaHandle("replica-0", "http://a"), ReplicaHandle("replica-1", "http://b")])
+    assert router.adopt_session("s1", "replica-1") == "replica-1"
+    moved = [router.adopt_session(f"s{i}", "replica-7") for i in range(20)]  # started with fewer replicas now
+    assert moved == [router.adopt_session(f"s{i}", "replica-7") for i in range(20)]  # same journal, same landing
+    assert set(moved) == {"replica-0", "replica-1"}
+    assert sum(r.sessions for r in router.replicas) == 1 + 40
+    before = {r.name: r.sessions for r in router.replicas}
+    assert before[router.assign_session().name] == min(before.values())  # new sessions go where fewest are

@@ -26,7 +26,6 @@ import contextlib
 import hmac
 import json
 import logging
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,12 +86,8 @@ class Gateway:
         self.config = config
         self.router = Router([ReplicaHandle(name, url.rstrip("/")) for name, url in config.replicas])
         self.sessions = SessionStore(config.journal_dir)
-        for session in self.sessions:  # reloaded from the journal: back on their replica (by position if renamed)
-            if session.replica not in {r.name for r in self.router.replicas}:
-                session.replica = self.router.replicas[
-                    zlib.crc32(session.session_id.encode()) % len(self.router.replicas)
-                ].name
-            self.router.by_name(session.replica).sessions += 1
+        for session in self.sessions:  # reloaded from the journal: back on their replica
+            session.replica = self.router.adopt_session(session.session_id, session.replica)
         self.client: aiohttp.ClientSession | None = None  # created in `start`, inside the server's event loop
         self.renderers = [ReplicaHandle(f"render-{i}", url.rstrip("/")) for i, url in enumerate(config.render_urls)]
         renderer_of = {

@@ -12,6 +12,7 @@ Not here: process management (`replica.py`) or HTTP forwarding (`gateway.py`).
 from __future__ import annotations
 
 import asyncio
+import zlib
 from dataclasses import dataclass
 
 import aiohttp
@@ -77,6 +78,16 @@ class Router:
         replica = min(self._healthy(), key=lambda r: (r.sessions, r.inflight))
         replica.sessions += 1
         return replica
+
+    def adopt_session(self, session_id: str, name: str) -> str:
+        """Count a session that was pinned to replica `name` before a restart; return the replica it is on now.
+
+        A name this router does not know (the replicas were renamed or fewer were started) maps to a replica by a
+        stable hash of the session id, so the same journal always lands the same way.
+        """
+        replica = self._by_name.get(name) or self.replicas[zlib.crc32(session_id.encode()) % len(self.replicas)]
+        replica.sessions += 1
+        return replica.name
 
     def release_session(self, name: str) -> None:
         replica = self._by_name.get(name)
