@@ -9,6 +9,7 @@ import json
 import grpo
 import sft
 from conftest import API_TOKEN
+from data import task_dataset
 
 from trl.agents import ServerClient
 
@@ -19,7 +20,9 @@ def test_sft_on_scripted_expert_trajectories(tiny_model_dir, tmp_path):
             "--write-expert", str(expert), "--trajectories", str(expert), "--output-dir", str(tmp_path / "sft"),
             "--max-steps", "12", "--learning-rate", "3e-3", "--use-cpu"]  # fmt: skip
     args = sft.parser().parse_args(argv)
-    sft.write_expert_trajectories(list(grpo.build_dataset(args)), sft.Workspaces(args.cache_dir), expert)
+    sft.write_expert_trajectories(
+        list(task_dataset(args.dataset, args.split, args.cache_dir)), sft.Workspaces(args.cache_dir), expert
+    )
     trainer = sft.train(args)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert len(losses) == 12 and sum(losses[-3:]) < 0.8 * sum(losses[:3])

@@ -179,7 +179,7 @@ class CodingAgent:
         ]
         log: list[ToolCall] = []
         budget = _Budget(cfg, start)
-        stop, error, turns, prompt_tokens = "", "", 0, 0
+        stop, error, turns, prompt_tokens, diff = "", "", 0, 0, None
         with Sandbox(workspace, limits=Limits(seconds=cfg.command_seconds)) as sandbox:
             while not (stop := budget.exhausted()):
                 try:
@@ -205,7 +205,8 @@ class CodingAgent:
                 message = reply.choices[0].message
                 messages.append(message.model_dump(exclude_none=True, exclude_defaults=True) | {"role": "assistant"})
                 if not message.tool_calls:
-                    if _diff(sandbox).strip():
+                    diff = _diff(sandbox)
+                    if diff.strip():
                         stop = "submitted"
                         break
                     budget.tool_calls += 1  # inaction is an action
@@ -215,7 +216,8 @@ class CodingAgent:
                     record = self._call(sandbox, call, turns, budget)
                     log.append(record)
                     messages.append({"role": "tool", "tool_call_id": call.id, "content": record.output})
-            diff = _diff(sandbox)
+            if stop != "submitted":  # a submission's diff was just computed
+                diff = _diff(sandbox)
         seconds = time.monotonic() - start
         return EpisodeResult(diff, stop, messages, log, turns, budget.tokens_used, prompt_tokens, seconds, error)
 

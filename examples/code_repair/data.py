@@ -7,14 +7,18 @@ A task row has `instance_id`, `repo`, `base_commit`, `problem_statement`, `patch
 * `load_tasks(source)`: a Hub dataset name, a `.jsonl`/`.json` file or a folder holding `tasks.jsonl`, as a
   `datasets.Dataset`, checked for the required columns, with a unique `prompt` column added (GRPOTrainer needs one;
   `AgentRollout` finds the row again by it).
+* `task_dataset(source, split, cache_dir)`: what the training scripts train on: `source="toy"` builds the offline
+  toy suite into the cache on first use; rows are kept by their `split` column where there is one.
+* `add_task_flags(parser)` / `add_trainer_flags(parser)`: the command-line flags `grpo.py` and `sft.py` share.
 * `Workspaces`: each (repository, commit) is fetched once, as a single-commit shallow fetch, into a local cache;
   each episode then gets its own cheap copy (`cp --reflink=auto`), removed by whoever asked for it.
 
-Not here: the agent, the rewards, building the toy suite.
+Not here: the agent, the rewards, how the toy suite is built (`toy_suite.py`).
 """
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import logging
@@ -53,6 +57,45 @@ def load_tasks(source: str | Path, split: str = "train"):
     if missing:
         raise ValueError(f"{source}: task rows need the columns {list(REQUIRED)}; missing {missing}")
     return dataset.map(lambda row: {"prompt": task_prompt(row)})
+
+
+def task_dataset(source: str, split: str, cache_dir: str | Path):
+    """The task rows to train or evaluate on; `"toy"` builds the offline toy suite under `cache_dir` on first use."""
+    if source == "toy":
+        import toy_suite
+
+        folder = Path(cache_dir) / "toy-suite"
+        if not (folder / "tasks.jsonl").exists():
+            toy_suite.build(folder)
+        source = str(folder)
+    dataset = load_tasks(source, split=split)
+    if "split" in dataset.column_names:
+        dataset = dataset.filter(lambda row: row["split"] == split)
+    if len(dataset) == 0:
+        raise ValueError(f"no tasks in {source} with split {split!r}")
+    return dataset
+
+
+def add_task_flags(parser: argparse.ArgumentParser) -> None:
+    """--dataset, --split, --cache-dir (the arguments of `task_dataset`)."""
+    add = parser.add_argument
+    add("--dataset", default="toy", help="'toy', a Hub dataset in SWE-Gym form, or a tasks .jsonl / folder")
+    add("--split", default="train", help="Hub split, or value of a `split` column to keep")
+    add("--cache-dir", default=os.path.expanduser("~/.cache/trl-agents/code_repair"), help="repositories cache")
+
+
+def add_trainer_flags(parser: argparse.ArgumentParser) -> None:
+    """The trainer flags both training scripts take (each script adds its own learning rate and lengths)."""
+    add = parser.add_argument
+    add("--per-device-train-batch-size", type=int, default=8)
+    add("--gradient-accumulation-steps", type=int, default=1)
+    add("--max-steps", type=int, default=-1)
+    add("--num-train-epochs", type=float, default=1.0)
+    add("--bf16", action="store_true")
+    add("--gradient-checkpointing", action="store_true")
+    add("--use-cpu", action="store_true")
+    add("--seed", type=int, default=0)
+    add("--report-to", default="none")
 
 
 def task_prompt(row: dict[str, Any]) -> list[dict[str, str]]:

@@ -20,6 +20,7 @@ Usage (defaults: the embedded tiny model and the toy suite):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -31,7 +32,7 @@ from statistics import mean
 from typing import Any
 
 from agent import AgentConfig, RepairAgent
-from data import Workspaces
+from data import Workspaces, task_dataset
 from rewards import TestsPassReward, unified_diff_similarity
 
 from trl.agents import ServerError
@@ -49,20 +50,16 @@ class Timer:
         self.start = time.monotonic()
         self.phases: dict[str, float] = {}
 
+    @contextlib.contextmanager
     def phase(self, name: str):
-        timer = self
-
-        class Phase:
-            def __enter__(self):
-                print(f"\n==> [{time.monotonic() - timer.start:6.0f} s] {name}", flush=True)
-                self.t = time.monotonic()
-
-            def __exit__(self, *exc):
-                seconds = time.monotonic() - self.t
-                timer.phases[name] = timer.phases.get(name, 0.0) + seconds
-                print(f"    {name}: {seconds:.0f} s", flush=True)
-
-        return Phase()
+        print(f"\n==> [{time.monotonic() - self.start:6.0f} s] {name}", flush=True)
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            seconds = time.monotonic() - started
+            self.phases[name] = self.phases.get(name, 0.0) + seconds
+            print(f"    {name}: {seconds:.0f} s", flush=True)
 
 
 def run_child(argv: list[str], log: Path) -> None:
@@ -86,7 +83,7 @@ def run_child(argv: list[str], log: Path) -> None:
         raise RuntimeError(f"{' '.join(argv[:3])} ... failed (exit {code}); see {log}")
 
 
-def evaluate(rows, base_url: str, client, workspaces, config: AgentConfig, samples: int, tag: str) -> dict:
+def evaluate(rows, client, workspaces, config: AgentConfig, samples: int, tag: str) -> dict:
     """The agent on each held-out task `samples` times: mean diff similarity, solved (tests pass), non-empty."""
     agent = RepairAgent(workspaces, config, request_timeout=120)
     tests_pass = TestsPassReward(workspaces, seconds=60)
@@ -174,13 +171,10 @@ def main(argv: list[str] | None = None) -> Path:
                    "--per-device-train-batch-size", "8", "--num-train-epochs", "1000", "--use-cpu"],
                   run / "logs" / "sft.log")  # fmt: skip
 
-    from grpo import build_dataset
-
     from trl.agents import ServerClient
     from trl.agents.server.process import ServeAsyncProcess
 
-    eval_rows = list(build_dataset(argparse.Namespace(dataset=args.dataset, cache_dir=args.cache_dir,
-                                                      split=args.eval_split)))  # fmt: skip
+    eval_rows = list(task_dataset(args.dataset, args.eval_split, args.cache_dir))
     workspaces = Workspaces(args.cache_dir)
     token = os.urandom(8).hex()
     server = ServeAsyncProcess(
@@ -191,18 +185,16 @@ def main(argv: list[str] | None = None) -> Path:
     agent_config = AgentConfig(model=str(sft_dir), tool_limit=args.tool_limit, token_limit=args.token_limit,
                                time_limit=60, response_limit=args.response_limit, temperature=args.temperature)  # fmt: skip
     results: dict[int, dict[str, Any]] = {}
-    with timer.phase("start trl vllm-serve-async"):
-        server.__enter__()
-    try:
-        client = ServerClient(server.url, api_token=token, timeout=300)
+    with contextlib.ExitStack() as stack:
+        with timer.phase("start trl vllm-serve-async"):
+            stack.enter_context(server)
+        client = stack.enter_context(ServerClient(server.url, api_token=token, timeout=300))
         for seed in seeds:
             metrics = run / f"metrics-seed{seed}.jsonl" if len(seeds) > 1 else run / "metrics.jsonl"
             metrics.unlink(missing_ok=True)
             with timer.phase(f"seed {seed}: held-out evaluation before GRPO"):
                 client.update_weights(_load(sft_dir))  # every seed starts from the SFT weights
-                before = evaluate(
-                    eval_rows, server.url, client, workspaces, agent_config, args.eval_samples, f"pre{seed}"
-                )
+                before = evaluate(eval_rows, client, workspaces, agent_config, args.eval_samples, f"pre{seed}")
             with timer.phase(f"seed {seed}: GRPO ({args.grpo_steps} steps, weight sync after each)"):
                 grpo_argv = [str(HERE / "grpo.py"), "--model", str(sft_dir), *common, "--server-url", server.url,
                              "--api-token", token, "--output-dir", str(run / f"grpo-seed{seed}"),
@@ -218,13 +210,8 @@ def main(argv: list[str] | None = None) -> Path:
                     if args.accelerate_config else [py]  # fmt: skip
                 run_child([*launcher, *grpo_argv], run / "logs" / f"grpo-seed{seed}.log")
             with timer.phase(f"seed {seed}: held-out evaluation after GRPO"):
-                after = evaluate(
-                    eval_rows, server.url, client, workspaces, agent_config, args.eval_samples, f"post{seed}"
-                )
+                after = evaluate(eval_rows, client, workspaces, agent_config, args.eval_samples, f"post{seed}")
             results[seed] = {"before": before, "after": after, "metrics": str(metrics.name)}
-        client.close()
-    finally:
-        server.__exit__(None, None, None)
 
     import report
 

@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from data import Workspaces, load_tasks
+from data import Workspaces, add_task_flags, add_trainer_flags, task_dataset
 from rewards import TestsPassReward, diff_similarity_reward, exact_patch_reward, non_empty_patch_reward
 from transformers import TrainerCallback
 
@@ -47,10 +47,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     add = p.add_argument
     add("--model", required=True, help="model to train (path or Hub name); the server must serve the same weights")
+    add_task_flags(p)
     add("--served-model-name", default=None, help="the name the server knows the model by (default: --model)")
-    add("--dataset", default="toy", help="'toy', a Hub dataset in SWE-Gym form, or a tasks .jsonl / folder")
-    add("--split", default="train", help="Hub split, or value of a `split` column to keep")
-    add("--cache-dir", default=os.path.expanduser("~/.cache/trl-agents/code_repair"), help="repositories cache")
     add("--server-url", default="http://127.0.0.1:8000", help="the trl vllm-serve-async gateway")
     add("--api-token", default=os.environ.get("TRL_AGENTS_API_TOKEN"), help="the gateway's --api-token")
     add("--output-dir", required=True)
@@ -67,24 +65,16 @@ def parser() -> argparse.ArgumentParser:
     # the trainer
     add("--learning-rate", type=float, default=1e-6)
     add("--num-generations", type=int, default=8)
-    add("--per-device-train-batch-size", type=int, default=8)
-    add("--gradient-accumulation-steps", type=int, default=1)
-    add("--max-steps", type=int, default=-1)
-    add("--num-train-epochs", type=float, default=1.0)
     add("--max-completion-length", type=int, default=8192, help="tokens kept per episode (longer: clipped)")
     add("--beta", type=float, default=0.0, help="KL coefficient")
     add("--loss-type", default="dapo")
     add("--importance-sampling-level", default="token", choices=["token", "sequence"], help="sequence: GSPO")
+    add_trainer_flags(p)
     add("--lora", action="store_true", help="train a LoRA adapter (merged into the served weights at each sync)")
     add("--lora-r", type=int, default=32)
     add("--lora-alpha", type=int, default=64)
-    add("--bf16", action="store_true")
-    add("--gradient-checkpointing", action="store_true")
-    add("--use-cpu", action="store_true")
-    add("--seed", type=int, default=0)
     add("--logging-steps", type=int, default=1)
     add("--save-steps", type=int, default=0, help="0: save only at the end")
-    add("--report-to", default="none")
     add("--metrics-file", type=Path, default=None, help="append one JSON line of metrics per logged step here")
     # recorded episodes
     add("--record-to", type=Path, default=None, help="append every episode to this JSONL (input of --replay)")
@@ -101,23 +91,6 @@ def parser() -> argparse.ArgumentParser:
         help="prompt: each task gets its own recorded episodes; order: episodes in file order, whatever the task",
     )
     return p
-
-
-def build_dataset(args):
-    """The task rows for this run (the toy suite is built on first use)."""
-    source = args.dataset
-    if source == "toy":
-        import toy_suite
-
-        source = Path(args.cache_dir) / "toy-suite"
-        if not (source / "tasks.jsonl").exists():
-            toy_suite.build(source)
-    dataset = load_tasks(source, split=args.split)
-    if "split" in dataset.column_names:
-        dataset = dataset.filter(lambda row: row["split"] == args.split)
-    if len(dataset) == 0:
-        raise ValueError(f"no tasks in {args.dataset} with split {args.split!r}")
-    return dataset
 
 
 def reward_functions(args, workspaces):
@@ -166,7 +139,7 @@ def build_trainer(args, dataset=None, model=None, callbacks=()):
     from trl import GRPOConfig, GRPOTrainer
     from trl.agents import AgentRollout, ReplayRollout, ServerClient, WeightSyncCallback
 
-    dataset = dataset if dataset is not None else build_dataset(args)
+    dataset = dataset if dataset is not None else task_dataset(args.dataset, args.split, args.cache_dir)
     workspaces = Workspaces(args.cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     if model is None:

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from agent import TOOLS, AgentConfig, RepairAgent
-from data import Workspaces
+from data import Workspaces, add_task_flags, add_trainer_flags, task_dataset
 from rewards import TestsPassReward
 from scripted_model import ScriptedModel
 
@@ -118,31 +117,20 @@ def parser() -> argparse.ArgumentParser:
     add("--trajectories", required=True, help="JSONL of conversations or recorded segments")
     add("--output-dir", required=True)
     add("--write-expert", type=Path, help="first write scripted-expert trajectories for --dataset to this file")
-    add("--dataset", default="toy", help="tasks for --write-expert (as in grpo.py)")
-    add("--split", default="train")
-    add("--cache-dir", default=os.path.expanduser("~/.cache/trl-agents/code_repair"))
+    add_task_flags(p)
     add("--min-reward", type=float, default=1.0, help="keep trajectories with at least this reward")
     add("--top-k", type=int, default=None, help="keep at most this many trajectories per task")
     add("--max-length", type=int, default=8192)
     add("--learning-rate", type=float, default=1e-5)
-    add("--num-train-epochs", type=float, default=1.0)
-    add("--max-steps", type=int, default=-1)
-    add("--per-device-train-batch-size", type=int, default=4)
-    add("--gradient-accumulation-steps", type=int, default=1)
-    add("--bf16", action="store_true")
-    add("--gradient-checkpointing", action="store_true")
-    add("--use-cpu", action="store_true")
-    add("--seed", type=int, default=0)
-    add("--report-to", default="none")
+    add_trainer_flags(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if args.write_expert:
-        from grpo import build_dataset
-
-        episodes = write_expert_trajectories(list(build_dataset(args)), Workspaces(args.cache_dir), args.write_expert)
+        rows = list(task_dataset(args.dataset, args.split, args.cache_dir))
+        episodes = write_expert_trajectories(rows, Workspaces(args.cache_dir), args.write_expert)
         solved = sum(e["reward"] == 1.0 for e in episodes)
         print(f"wrote {len(episodes)} expert trajectories ({solved} pass their tests) to {args.write_expert}")
     trainer = train(args)
