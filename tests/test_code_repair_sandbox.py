@@ -64,6 +64,20 @@ def test_apply_patch_edits_exactly_one_match(sandbox, workspace):
     assert (workspace / "pkg" / "new.py").read_text() == "n = 0\n"
 
 
+def test_apply_patch_fuzzy_match_edits_only_a_clear_closest_line(sandbox, workspace):
+    source = "def f(x):\n    if not 0 < percent < 50:\n        return x\n    y = 1\n    y = 2\n"
+    (workspace / "m.py").write_text(source)
+    near = {"file": "m.py", "search": "if not 0 < percent <= 50:", "replace": "if not 0 < percent <= 60:"}
+    assert apply_patch(sandbox, near)[1].startswith("error")  # exact matching is the default
+    ok, message = apply_patch(sandbox, near, fuzzy_match=0.85)
+    assert ok and "closest line 2" in message
+    assert (workspace / "m.py").read_text() == source.replace("< percent < 50:", "< percent <= 60:")
+    ambiguous = {"file": "m.py", "search": "y = 3", "replace": "y = 4"}  # as close to `y = 1` as to `y = 2`
+    assert apply_patch(sandbox, ambiguous, fuzzy_match=0.5)[1].startswith("error")
+    far = {"file": "m.py", "search": "completely different text", "replace": "z"}
+    assert apply_patch(sandbox, far, fuzzy_match=0.85)[1].startswith("error")
+
+
 def test_shell_cannot_write_outside_the_workspace(sandbox, tmp_path):
     targets = [tmp_path / "escape.txt", "/tmp/sandbox-escape.txt", "/dev/shm/sandbox-escape.txt"]
     result = sandbox.run("; ".join(f"echo owned > {t}" for t in targets) + "; ln -s /etc/hostname h && echo x > h")

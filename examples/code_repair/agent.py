@@ -24,6 +24,7 @@ Setup: `pip install trl-agents openai`. Usage (against any OpenAI-compatible end
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import re
@@ -102,6 +103,9 @@ class AgentConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     extra_body: dict[str, Any] = field(default_factory=dict)  # e.g. {"top_k": 20}, passed to the server as is
+    # apply_patch: when a one-line `search` is not in the file, use the one line at least this similar (difflib
+    # ratio of the stripped texts; None: exact matches only). Lets near-miss copies edit, and be scored.
+    fuzzy_match: float | None = None
 
 
 @dataclass
@@ -249,7 +253,7 @@ class CodingAgent:
             seconds = min(self.config.command_seconds, max(budget.seconds_left(), 0.1))
             return _shell_output(sandbox.run(arguments["command"], seconds=seconds))
         if name == "apply_patch":
-            return apply_patch(sandbox, arguments)
+            return apply_patch(sandbox, arguments, fuzzy_match=self.config.fuzzy_match)
         return False, f"error: unknown tool {name!r}; the tools are shell and apply_patch"
 
     def _truncate(self, text: str) -> str:
@@ -313,8 +317,12 @@ def _shell_output(result: CommandResult) -> tuple[bool, str]:
     return True, result.output or "[no output]"
 
 
-def apply_patch(sandbox: Sandbox, arguments: dict[str, Any]) -> tuple[bool, str]:
-    """Replace the unique occurrence of `search` by `replace` in `file` (inside the workspace only)."""
+def apply_patch(sandbox: Sandbox, arguments: dict[str, Any], fuzzy_match: float | None = None) -> tuple[bool, str]:
+    """Replace the unique occurrence of `search` by `replace` in `file` (inside the workspace only).
+
+    With `fuzzy_match`, a one-line `search` that is not in the file replaces the single line most similar to it,
+    if that line is at least `fuzzy_match` similar and clearly the best (indentation kept).
+    """
     values = [arguments.get(key) for key in ("file", "search", "replace")]
     if not all(isinstance(v, str) for v in values):
         return False, "error: apply_patch needs string `file`, `search` and `replace`"
@@ -332,12 +340,35 @@ def apply_patch(sandbox: Sandbox, arguments: dict[str, Any]) -> tuple[bool, str]
         return False, f"error: {file} is not a file"
     text = path.read_text(encoding="utf-8", errors="replace")
     count = text.count(search) if search else 0
+    if count == 0 and fuzzy_match is not None and search.strip() and "\n" not in search.strip():
+        lines = text.splitlines(keepends=True)
+        match = _closest_line(lines, search.strip(), fuzzy_match)
+        if match is not None:
+            old = lines[match]
+            indent = old[: len(old) - len(old.lstrip())]
+            ending = old[len(old.rstrip("\r\n")) :]
+            lines[match] = indent + replace.strip() + ending
+            sandbox.write_text(path, "".join(lines))
+            return True, f"patched {file} (closest line {match + 1}: {old.strip()!r})"
     if count != 1:
         why = "`search` is empty but the file exists" if not search else f"`search` occurs {count} times in {file}"
         hint = "copy the exact text (grep -n helps)" if count == 0 else "add lines around it to make it unique"
         return False, f"error: {why}; {hint}"
     sandbox.write_text(path, text.replace(search, replace, 1))
     return True, f"patched {file}"
+
+
+def _closest_line(lines: list[str], search: str, threshold: float, margin: float = 0.05) -> int | None:
+    """Index of the line most similar to `search` if it reaches `threshold` and beats the runner-up by `margin`."""
+    scores = sorted(
+        ((difflib.SequenceMatcher(None, search, line.strip()).ratio(), i) for i, line in enumerate(lines)),
+        reverse=True,
+    )
+    if not scores or scores[0][0] < threshold:
+        return None
+    if len(scores) > 1 and scores[1][0] > scores[0][0] - margin:
+        return None
+    return scores[0][1]
 
 
 def _diff(sandbox: Sandbox) -> str:
@@ -391,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("tool_limit", "token_limit", "time_limit", "response_limit", "temperature", "top_p"):
         flag = "--" + name.replace("_", "-")
         parser.add_argument(flag, type=type(getattr(defaults, name)), default=getattr(defaults, name))
+    parser.add_argument("--fuzzy-match", type=float, default=None, help="see AgentConfig.fuzzy_match")
     args = parser.parse_args(argv)
     task = Path(args.task[1:]).read_text() if args.task.startswith("@") else args.task
     if not (Path(args.repo) / ".git").exists():

@@ -61,6 +61,12 @@ def parser() -> argparse.ArgumentParser:
     add("--time-limit", type=float, default=120.0, help="seconds per episode for the agent")
     add("--response-limit", type=int, default=1024, help="max_tokens of one reply")
     add("--temperature", type=float, default=1.0)
+    add(
+        "--fuzzy-match",
+        type=float,
+        default=None,
+        help="apply_patch edits the closest line when a one-line search is this similar (0-1; default: exact only)",
+    )
     add("--max-concurrency", type=int, default=8, help="episodes at once per training process")
     # the trainer
     add("--learning-rate", type=float, default=1e-6)
@@ -166,6 +172,7 @@ def build_trainer(args, dataset=None, model=None, callbacks=()):
             time_limit=args.time_limit,
             response_limit=args.response_limit,
             temperature=args.temperature,
+            fuzzy_match=args.fuzzy_match,
         )
         agent = RepairAgent(workspaces, agent_config)
         timeout = args.time_limit + 120  # the agent stops itself at its time limit; this catches a hung server
