@@ -121,13 +121,20 @@ def repo_url(repo: str) -> str:
     raise ValueError(f"repo {repo!r} is neither a URL, a local folder nor a GitHub owner/name")
 
 
-def git(*args: str, cwd: Path, timeout: float = 600) -> str:
-    """Run git; raise with its own error text."""
+def git(
+    *args: str, cwd: Path | None, timeout: float = 600, env: dict[str, str] | None = None, stdin: str | None = None
+) -> str:
+    """Run git (by default without prompts or user config); return its stdout; raise with its own error text."""
     result = subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **GIT_ENV}
-    )
+        ["git", *args], cwd=cwd, input=stdin, capture_output=True, text=True, timeout=timeout,
+        env=env if env is not None else {**os.environ, **GIT_ENV},
+    )  # fmt: skip
     if result.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args[:3])} failed in {cwd}: {result.stderr.strip()[-2000:]}")
+        shown = list(args)
+        while shown[:1] == ["-c"]:  # leave out leading `-c name=value` settings
+            shown = shown[2:]
+        command = " ".join(shown)[:200]
+        raise RuntimeError(f"git {command} failed in {cwd}: {result.stderr.strip()[-2000:]}")
     return result.stdout
 
 

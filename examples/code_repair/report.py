@@ -24,12 +24,22 @@ def _steps_axis(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _plot(path: Path, title: str, ylabel: str, series: dict[str, tuple[list, list]], ylim=None) -> None:
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _plot(
+    path: Path, title: str, ylabel: str, series: dict[str, tuple[list, list]], ymin: float = 0.0,
+    ymax: float | None = None, ymax_at_least: float = 1e-9,
+) -> None:  # fmt: skip
+    """Line plot per series over GRPO steps; the y-axis starts at `ymin` (so a flat or small curve reads as what
+    it is) and ends at `ymax`, or 10% above the highest point but not below `ymax_at_least`."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", markersize=3, label=label)
@@ -37,7 +47,7 @@ def _plot(path: Path, title: str, ylabel: str, series: dict[str, tuple[list, lis
     _steps_axis(ax)
     ax.set_ylabel(ylabel)
     top = max((y for _, ys in series.values() for y in ys), default=0.0)
-    ax.set_ylim(*(ylim or (0, max(top * 1.1, 1e-9))))  # from zero, so a flat or small curve reads as what it is
+    ax.set_ylim(ymin, ymax if ymax is not None else max(top * 1.1, ymax_at_least))
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend(fontsize=8)
@@ -53,11 +63,7 @@ def _column(rows: list[dict], key: str) -> tuple[list, list]:
 
 def plots(run: Path, metrics: dict[int, list[dict]], results: dict[int, dict]) -> list[str]:
     """Write the PNGs; return their file names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     names = []
     reward_keys = sorted(
         {k for rows in metrics.values() for r in rows for k in r if k.startswith("rewards/") and k.endswith("/mean")}
@@ -67,16 +73,15 @@ def plots(run: Path, metrics: dict[int, list[dict]], results: dict[int, dict]) -
         series[f"seed {seed}: total"] = _column(rows, "reward")
         for key in reward_keys:
             series[f"seed {seed}: {key.split('/')[1]}"] = _column(rows, key)
-    top = max((y for _, ys in series.values() for y in ys), default=0.0)
     _plot(run / "reward.png", "Training reward per step (mean over the step's episodes)", "reward (max 2)", series,
-          ylim=(-0.02, max(1.0, top * 1.1)))  # fmt: skip
+          ymin=-0.02, ymax_at_least=1.0)  # fmt: skip
     names.append("reward.png")
 
     series = {}
     for seed, rows in metrics.items():
         series[f"seed {seed}: non-empty patch"] = _column(rows, "non_empty_rate")
         series[f"seed {seed}: solved (tests pass)"] = _column(rows, "rewards/tests_pass_reward/mean")
-    _plot(run / "rates.png", "Share of training episodes per step", "share of episodes", series, ylim=(-0.05, 1.05))
+    _plot(run / "rates.png", "Share of training episodes per step", "share of episodes", series, ymin=-0.05, ymax=1.05)
     names.append("rates.png")
 
     series = {f"seed {seed}": _column(rows, "agent/episodes_per_hour") for seed, rows in metrics.items()}

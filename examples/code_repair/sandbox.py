@@ -230,7 +230,7 @@ class Sandbox:
                     capped = True
                     break
         if timed_out or capped or proc.poll() is None:
-            _kill_group(proc)
+            _kill(-proc.pid)  # the command's process group; with namespaces its PID namespace dies with it
         proc.stdout.close()
         code = proc.wait(timeout=30)
         output = b"".join(chunks)[: self.limits.output_bytes].decode(errors="replace")
@@ -271,11 +271,6 @@ class Sandbox:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the command's process group (with namespaces, its PID namespace dies with it)."""
-    _kill(-proc.pid)
 
 
 def _kill(pid: int) -> None:

@@ -40,6 +40,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from data import git
+
 
 VERSION = "toy-1"
 TEST_COMMAND = "python -m pytest -q -p no:cacheprovider"
@@ -93,19 +95,8 @@ def git_env(**extra: str) -> dict[str, str]:
 
 
 def _git(cwd: Path | None, *args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> str:
-    """Run one git command (in `cwd`) and return its stdout; raise with git's stderr when it fails."""
-    proc = subprocess.run(
-        ["git", *GIT_CONFIG, *args],
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env or git_env(),
-        timeout=TIMEOUT_S,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed in {cwd}: {proc.stderr.strip()}")
-    return proc.stdout
+    """Run one git command (in `cwd`) with the authoring settings and environment; return its stdout."""
+    return git(*GIT_CONFIG, *args, cwd=cwd, timeout=TIMEOUT_S, env=env or git_env(), stdin=stdin)
 
 
 def _write_files(root: Path, files: dict[str, str]) -> None:

@@ -165,11 +165,10 @@ class WeightSync:
         result); replicas that missed an earlier init (down at the time) are initialised now."""
         if self._init_info is None:
             return
-        just_failed, self._init_failed = self._init_failed, {}
-        retry = [r for r in sync.replicas if r.name not in self._initialized and r.name not in just_failed]
+        retry = [r for r in sync.replicas if r.name not in self._initialized and r.name not in self._init_failed]
         if retry:
             await self._init_on(retry)
-        sync.failed.update({**just_failed, **self._init_failed})
+        sync.failed.update(self._init_failed)  # failed at `init` or just now: out of this sync, retried at the next
         self._init_failed = {}
         if not sync.alive():
             raise SyncError(502, f"weight sync failed on every replica: {_describe(sync.failed)}")
