@@ -144,6 +144,7 @@ def parser() -> argparse.ArgumentParser:
     add("--tool-limit", type=int, default=6)
     add("--token-limit", type=int, default=600)
     add("--response-limit", type=int, default=160)
+    add("--fuzzy-match", type=float, default=None, help="the agent's apply_patch fuzzy threshold (see agent.py)")
     add("--cache-dir", default=os.path.expanduser("~/.cache/trl-agents/code_repair"))
     return p
 
@@ -183,7 +184,8 @@ def main(argv: list[str] | None = None) -> Path:
               str(run / "logs" / "server"), *SERVE_FLAGS],
     )  # fmt: skip
     agent_config = AgentConfig(model=str(sft_dir), tool_limit=args.tool_limit, token_limit=args.token_limit,
-                               time_limit=60, response_limit=args.response_limit, temperature=args.temperature)  # fmt: skip
+                               time_limit=60, response_limit=args.response_limit, temperature=args.temperature,
+                               fuzzy_match=args.fuzzy_match)  # fmt: skip
     results: dict[int, dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
         with timer.phase("start trl vllm-serve-async"):
@@ -206,6 +208,8 @@ def main(argv: list[str] | None = None) -> Path:
                              "--response-limit", str(args.response_limit), "--time-limit", "60",
                              "--temperature", str(args.temperature), "--max-completion-length", "4096",
                              "--max-concurrency", "8", "--use-cpu"]  # fmt: skip
+                if args.fuzzy_match is not None:
+                    grpo_argv += ["--fuzzy-match", str(args.fuzzy_match)]
                 launcher = [py, "-m", "accelerate.commands.launch", "--config_file", args.accelerate_config] \
                     if args.accelerate_config else [py]  # fmt: skip
                 run_child([*launcher, *grpo_argv], run / "logs" / f"grpo-seed{seed}.log")
