@@ -169,6 +169,25 @@ def test_64_concurrent_sessions_are_recorded_token_exactly(gateway, tiny_model_d
     assert len(replicas) == 2 and max(replicas.values()) / min(replicas.values()) <= 1.5, replicas
 
 
+def test_a_turn_that_samples_only_the_stop_token_has_empty_content(gateway, tiny_model_dir, tokenizer):
+    """Regression (seen once in 320 sampled turns): a reply whose only token is `<|im_end|>` came back with the
+    text `<|im_end|>` as its content."""
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    client = session_client(gateway, "stop-only")
+    messages = [{"role": "user", "content": "Say nothing."}]
+    for _ in range(2):  # the first turn and a delta-rendered one
+        reply = client.chat.completions.create(
+            model=tiny_model_dir, messages=messages, max_tokens=8,
+            extra_body={"logit_bias": {str(end): 100}, "return_token_ids": True},
+        )  # fmt: skip
+        choice = reply.choices[0]
+        assert choice.model_extra["token_ids"] == [end] and choice.finish_reason == "stop"
+        assert (choice.message.content or "") == ""
+        messages += [{"role": "assistant", "content": ""}, {"role": "user", "content": "Again."}]
+    (segment,) = trajectory(gateway, "stop-only")["segments"]
+    assert [ids for ids in sampled_runs(segment)] == [[end], [end]]  # the stop token stays in the recording
+
+
 def _forced_episode(gateway, tiny_model_dir, sid: str, tool_results: list[str]) -> list[dict]:
     client = session_client(gateway, sid)
     messages = [{"role": "system", "content": "You are a careful agent."}, {"role": "user", "content": "Fix it."}]

@@ -108,8 +108,9 @@ class Recorder:
         seconds = time.monotonic() - started
         if not body.get("logprobs"):
             generated["choices"][0]["logprobs"] = None  # not asked for: skip converting them back to text
+        stop_ids = await self._stop_ids(replica, body, rendered)
         derender_body = {
-            "generate_response": _without_stop_token(generated, await self._stop_ids(replica, body, rendered)),
+            "generate_response": _without_stop_token(generated, stop_ids),
             "prompt_tokens": len(context),
             "chat_request": {**body, "stream": False, "stream_options": None},
         }
@@ -118,6 +119,8 @@ class Recorder:
         )
         self._shape_answer(answer, body, context, sampled)
         choice = answer["choices"][0]
+        if len(sampled) == 1 and sampled[0] in stop_ids and choice.get("finish_reason") == "stop":
+            choice["message"]["content"] = ""  # derender refuses no ids, so it saw the stop token: an empty reply
         if bridge is None:
             segment = self._start_segment(session, fork_reason)
             segment.tokens.add_context(context)
@@ -277,7 +280,8 @@ def _without_stop_token(generated: dict[str, Any], stop_ids: set[int]) -> dict[s
 
     vLLM's chat route never puts the token that ended a turn (`<|im_end|>`) into `content`; derender decodes every
     id with special tokens kept when a parser is configured, so the stop token is dropped here. It stays in the
-    recorded tokens: the engine sampled it and the trainer learns to stop.
+    recorded tokens: the engine sampled it and the trainer learns to stop. A reply of the stop token alone keeps it
+    (derender refuses an empty list); the caller empties that reply's content.
     """
     choice = generated["choices"][0]
     ids = choice.get("token_ids") or []
