@@ -32,15 +32,14 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent
 EXAMPLE = ROOT / "examples" / "code_repair"
 sys.path.insert(0, str(HERE))
-from bench_trainer import COMMON, SHAPES, episodes  # noqa: E402
+from bench_trainer import SHAPES, build_model, episodes  # noqa: E402
 
 
 def save_model(name: str, out: Path, tokenizer: str) -> Path:
     import torch
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+    from transformers import AutoTokenizer
 
-    torch.manual_seed(0)
-    model = Qwen3ForCausalLM(Qwen3Config(**{**COMMON, **SHAPES[name]})).to(torch.bfloat16)
+    model = build_model(name, "cpu", torch.bfloat16)
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(tokenizer).save_pretrained(out)
     return out

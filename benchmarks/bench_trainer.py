@@ -50,6 +50,18 @@ SHAPES = {  # the published Qwen3 configurations (hidden, intermediate, layers, 
 COMMON = dict(head_dim=128, vocab_size=151936, tie_word_embeddings=True, rope_theta=1_000_000.0,
               max_position_embeddings=40960, rms_norm_eps=1e-6)  # fmt: skip
 GENERATIONS = 4
+
+
+def build_model(name: str, device, dtype):
+    """A randomly initialised (seed 0) Qwen3 of the shape `SHAPES[name]`, on `device` in `dtype`."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        return Qwen3ForCausalLM(Qwen3Config(**{**COMMON, **SHAPES[name]})).to(dtype)
+
+
 FILTERS = {  # --variants filter -> which variants it drops
     "noliger": lambda v: v["liger"],
     "gconly": lambda v: not v["grad_ckpt"],
@@ -118,16 +130,12 @@ def run_variant(spec: dict) -> dict:
     """One variant, in this process: build, train warm-up + timed steps, measure."""
     import torch
     from datasets import Dataset
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM, TrainerCallback
+    from transformers import AutoTokenizer, TrainerCallback
 
     from trl import GRPOConfig, GRPOTrainer
 
     cuda = torch.cuda.is_available()
-    torch.manual_seed(0)
-    config = Qwen3Config(**{**COMMON, **SHAPES[spec["model"]]})
-    dtype = torch.bfloat16 if cuda else torch.float32
-    with torch.device("cuda" if cuda else "cpu"):
-        model = Qwen3ForCausalLM(config).to(dtype)
+    model = build_model(spec["model"], "cuda" if cuda else "cpu", torch.bfloat16 if cuda else torch.float32)
     peft_config = None
     if spec["finetune"] == "lora":
         from peft import LoraConfig

@@ -32,7 +32,7 @@ import torch
 
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_trainer import COMMON, SHAPES  # noqa: E402
+from bench_trainer import COMMON, SHAPES, build_model  # noqa: E402
 
 from trl.agents.weights.sources import ModelWeights  # noqa: E402
 
@@ -124,25 +124,17 @@ class Packer:
         self.packed_bytes += n
 
 
-def build(model: str, device: torch.device, dtype: torch.dtype):
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    torch.manual_seed(0)
-    with torch.device(device):
-        return Qwen3ForCausalLM(Qwen3Config(**{**COMMON, **SHAPES[model]})).to(dtype)
-
-
 def single(args, device: torch.device, dtype: torch.dtype) -> list[dict]:
     rows = []
     for name in args.models.split(","):
-        model = build(name, device, dtype)
+        model = build_model(name, device, dtype)
         nbytes = ModelWeights(model).nbytes()
         floor = copy_floor(nbytes, device, args.repeats)
         cases = {"plain": model}
         from peft import LoraConfig, get_peft_model
 
         cases["lora r=32 merged"] = get_peft_model(
-            build(name, device, dtype), LoraConfig(r=32, target_modules="all-linear")
+            build_model(name, device, dtype), LoraConfig(r=32, target_modules="all-linear")
         )
         for case, m in cases.items():
             for fused in (False, True):
