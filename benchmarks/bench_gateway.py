@@ -7,7 +7,8 @@ Starts `trl vllm-serve-async` with 2 CPU replicas of the tiny model, then runs t
 N concurrent multi-turn chat sessions, every turn generating exactly `--max-tokens` tokens (`ignore_eos`), once
 straight to the replicas' `/v1/chat/completions` (sessions spread round-robin, vLLM renders the whole chat each turn)
 and once through `/sessions/{sid}/v1/chat/completions` (recorded, delta-rendered). Same engines, same load; modes
-alternate within a round so drift in machine load hits all of them.
+alternate within a round so drift in machine load hits all of them; the headline alternating ratio is the median over
+rounds of the gateway run over the direct+ids run next to it, the pair swapping order every round.
 
 Headline (`mixed`): direct and gateway sessions run *at the same time*, half of the sessions each, on the same
 replicas; each path's throughput is its output tokens over its own wall time. Both paths then see exactly the same
@@ -114,7 +115,9 @@ def main() -> None:
             mixed.append((direct_rate, gateway_rate))
             print(f"round {r} mixed      direct+ids {direct_rate:7.1f}  gateway {gateway_rate:7.1f}  "
                   f"ratio {gateway_rate / direct_rate:.3f}", file=sys.stderr, flush=True)  # fmt: skip
-            for mode, (urls, extra) in modes.items():
+            order = ["direct+ids", "gateway", "direct"] if r % 2 == 0 else ["gateway", "direct+ids", "direct"]
+            for mode in order:  # the paired runs swap places every round, so neither always goes first
+                urls, extra = modes[mode]
                 urls = urls or [gateway_url[0].replace("{round}", str(r))]
                 rate = asyncio.run(run_load(urls, model, args.sessions, args.turns, args.max_tokens, extra))
                 rates[mode].append(rate)
@@ -123,7 +126,9 @@ def main() -> None:
     result["mixed_ratio"] = statistics.median(g / d for d, g in mixed)
     result["mixed_ratios"] = [g / d for d, g in mixed]
     result.update({f"{mode}_tokens_per_s": statistics.median(values) for mode, values in rates.items()})
-    result["ratio"] = result["gateway_tokens_per_s"] / result["direct+ids_tokens_per_s"]
+    # each round's gateway run divided by the direct+ids run just before it (paired: slow drift cancels)
+    result["ratios"] = [g / d for g, d in zip(rates["gateway"], rates["direct+ids"], strict=True)]
+    result["ratio"] = statistics.median(result["ratios"])
     result["ratio_vs_text_only"] = result["gateway_tokens_per_s"] / result["direct_tokens_per_s"]
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
@@ -131,7 +136,7 @@ def main() -> None:
     print("| benchmark | load | direct+ids tok/s | gateway tok/s | gateway / direct+ids |")
     print("|---|---|---|---|---|")
     print(
-        f"| gateway vs direct, alternating runs | {args.sessions} sessions x {load} | "
+        f"| gateway vs direct, alternating runs (median of per-round ratios) | {args.sessions} sessions x {load} | "
         f"{result['direct+ids_tokens_per_s']:.0f} | {result['gateway_tokens_per_s']:.0f} | {result['ratio']:.3f} |"
     )
     print(

@@ -15,6 +15,8 @@ import openai
 import pytest
 from conftest import FORCE, TOOLS
 
+from trl.agents.server.recording import cut_at_stop_string
+
 
 @pytest.fixture(scope="module")
 def no_markup(tokenizer):
@@ -186,6 +188,36 @@ def test_a_turn_that_samples_only_the_stop_token_has_empty_content(gateway, tiny
         messages += [{"role": "assistant", "content": ""}, {"role": "user", "content": "Again."}]
     (segment,) = trajectory(gateway, "stop-only")["segments"]
     assert [ids for ids in sampled_runs(segment)] == [[end], [end]]  # the stop token stays in the recording
+
+
+def test_stop_strings_still_end_a_recorded_turn(gateway, tiny_model_dir, tokenizer, no_markup):
+    """The gateway asks the replica not to detokenize, except when the request has stop strings: those are matched
+    on the text, so they must keep working (the reply ends before the string, finish_reason "stop")."""
+    messages = [{"role": "user", "content": "Write a long story."}]
+    settings = {
+        "model": tiny_model_dir, "messages": messages, "max_tokens": 48, "temperature": 1.0, "seed": 1234,
+        "extra_body": {"logit_bias": no_markup, "ignore_eos": True, "chat_template_kwargs": {"enable_thinking": False}},
+    }  # fmt: skip
+    free = session_client(gateway, "no-stop").chat.completions.create(**settings)
+    text = free.choices[0].message.content
+    pieces = [text[k : k + 3] for k in range(len(text) // 3, len(text) - 3)]
+    unique = [p for p in pieces if p.strip() and text.count(p) == 1]
+    assert unique, f"the seeded reply has no piece of text to stop on: {text!r}"
+    stop = unique[0]
+    stopped = session_client(gateway, "with-stop").chat.completions.create(**settings, stop=[stop])
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.choices[0].message.content == text[: text.index(stop)]
+    (segment,) = trajectory(gateway, "with-stop")["segments"]
+    sampled = sampled_runs(segment)[0]
+    assert stop not in tokenizer.decode(sampled[:-1]) and len(sampled) < len(
+        sampled_runs(trajectory(gateway, "no-stop")["segments"][0])[0]
+    )
+
+
+def test_cut_at_stop_string():
+    assert cut_at_stop_string("abc STOP def END", {"stop": ["END", "STOP"]}) == "abc "
+    assert cut_at_stop_string("abc STOP def", {"stop": "STOP", "include_stop_str_in_output": True}) == "abc STOP"
+    assert cut_at_stop_string("abc", {"stop": ["x"]}) == "abc" == cut_at_stop_string("abc", {})
 
 
 def _forced_episode(gateway, tiny_model_dir, sid: str, tool_results: list[str]) -> list[dict]:

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from trl.agents.server.launch import replica_plan
-from trl.agents.server.process import ServeAsyncProcess, free_port
+from trl.agents.server.process import ServeAsyncProcess, ServerProcess, free_port
 
 
 def test_sigterm_stops_every_child(tiny_model_dir, tmp_path, serve_args):
@@ -86,3 +86,22 @@ def test_upstream_connections_are_dropped_before_the_servers_drop_them():
 
     server_side = inspect.signature(uvicorn.Config).parameters["timeout_keep_alive"].default
     assert asyncio.run(keepalive()) < server_side
+
+
+class Sleeper(ServerProcess):
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+def test_a_lowered_priority_also_lowers_the_childs_scheduling_group(tmp_path):
+    """The child runs in a new session; with autogroup scheduling (on here) that session is a group of its own that
+    would get an equal CPU share whatever the niceness, so the niceness is given to the group too."""
+    child = Sleeper("none", niceness=7, log_path=tmp_path / "sleeper.log")
+    child.start()
+    try:
+        assert psutil.Process(child.process.pid).nice() == os.nice(0) + 7
+        autogroup = f"/proc/{child.process.pid}/autogroup"
+        if os.path.exists(autogroup):  # kernels built without autogroup scheduling have no such file
+            assert open(autogroup).read().split()[-1] == str(os.nice(0) + 7)
+    finally:
+        child.stop()

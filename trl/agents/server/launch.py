@@ -4,9 +4,11 @@ Each replica is vLLM's own OpenAI server (`process.py`) on its own port of 127.0
 needs (`--enable-scale-out` for render/generate/derender; `VLLM_SERVER_DEV_MODE=1` for pause and weight transfer)
 plus every flag of the command line this module does not know, passed through unchanged. On GPUs replica i gets
 the i-th group of `--tensor-parallel-size` devices; on the CPU build replica i is bound to core i (vLLM's automatic
-binding would put every replica on the same core) and runs at lower priority (`nice +5`) than the gateway and the
-render servers, whose short calls would otherwise wait for CPU slices behind engines that compute flat out; the
-engines still get every idle cycle. Beside the replicas run vLLM render servers (`vllm launch render`, no engine;
+binding would put every replica on the same core) and runs at the lowest priority (`nice +19`, given to its scheduling
+group too: see `process._child_setup`) below the gateway and the render servers, whose short calls would otherwise
+wait for CPU slices behind engines that compute flat out and busy-poll between steps (vLLM's shared-memory queue
+spins for a second after each read); the engines still get every idle cycle. Measured on 2 cores: with equal shares
+a render call at a turn boundary waited 168 ms on average, with the engines at +19 it waits 23 ms. Beside the replicas run vLLM render servers (`vllm launch render`, no engine;
 one per replica by default) with the same flags: the gateway renders and parses there, so those short calls never
 queue behind a replica's busy event loop, and bursts of turn boundaries are split between them.
 Ctrl-C or SIGTERM stops every child process.
@@ -70,7 +72,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-CPU_REPLICA_NICENESS = 5
+CPU_REPLICA_NICENESS = 19
 KEEP_ALIVE_SECONDS = 600
 
 

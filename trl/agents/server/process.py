@@ -61,13 +61,24 @@ def cpu_defaults(args: Sequence[str]) -> list[str]:
     return [tok for flag, value in defaults.items() if flag not in given for tok in (flag, *value)]
 
 
+AUTOGROUP = "/proc/self/autogroup"
+
+
 def _child_setup(niceness: int):
     """What runs in the child before exec: lower its priority by `niceness`, and on Linux ask the kernel to SIGTERM
-    it when its parent dies, so a killed launcher leaves no orphaned replica (elsewhere `stop()` is the only way)."""
+    it when its parent dies, so a killed launcher leaves no orphaned replica (elsewhere `stop()` is the only way).
+
+    The child runs in a new session, which Linux kernels with autogroup scheduling (`kernel.sched_autogroup_enabled`,
+    on by default in most distributions) put in a scheduling group of its own; groups share the CPU equally whatever
+    the niceness of their processes. So the niceness is also given to that group, or it would have no effect.
+    """
 
     def setup() -> None:
         if niceness:
-            os.nice(niceness)
+            value = os.nice(niceness)
+            if os.path.exists(AUTOGROUP):
+                with open(AUTOGROUP, "w") as group:
+                    group.write(str(value))
         if sys.platform.startswith("linux"):
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 

@@ -117,10 +117,8 @@ class Recorder:
         answer = await post_json(
             self.client, self.renderer(replica), "/v1/chat/completions/derender", derender_body, self.timeouts.render
         )
-        self._shape_answer(answer, body, context, sampled)
+        self._shape_answer(answer, body, context, sampled, stop_ids, rendered["sampling_params"])
         choice = answer["choices"][0]
-        if len(sampled) == 1 and sampled[0] in stop_ids and choice.get("finish_reason") == "stop":
-            choice["message"]["content"] = ""  # derender refuses no ids, so it saw the stop token: an empty reply
         if bridge is None:
             segment = self._start_segment(session, fork_reason)
             segment.tokens.add_context(context)
@@ -212,6 +210,8 @@ class Recorder:
             segment.tokens.add_context(context[len(history) :])
         segment.tokens.add_sampled(sampled, logprobs)
         choice = answer["choices"][0]
+        if choice.get("finish_reason") == "stop" and isinstance(choice.get("text"), str):
+            choice["text"] = cut_at_stop_string(choice["text"], rendered["sampling_params"])
         segment.turns.append(
             Turn(policy.version, choice.get("finish_reason"), len(context), len(sampled), [], round(seconds, 4))
         )
@@ -242,6 +242,8 @@ class Recorder:
         # vLLM's default when unset is "the rest of the context", computed here for the real (recorded) context
         sampling["max_tokens"] = requested if requested is not None else self.max_model_len - len(context)
         sampling["logprobs"] = max(sampling.get("logprobs") or 0, 0)  # always record the sampled token's logprob
+        if not sampling.get("stop"):
+            sampling["detokenize"] = False  # derender makes the text; the replica needs it only to match stop strings
         request = {
             "request_id": f"{session.session_id}-{uuid.uuid4().hex[:12]}",
             "token_ids": context,
@@ -260,9 +262,18 @@ class Recorder:
         return sampled, logprobs, generated
 
     @staticmethod
-    def _shape_answer(answer: dict, body: dict, context: list[int], sampled: list[int]) -> None:
+    def _shape_answer(
+        answer: dict, body: dict, context: list[int], sampled: list[int], stop_ids: set[int], sampling: dict
+    ) -> None:
+        """Make the derendered chat answer what vLLM's own chat route would have answered for the same tokens."""
         choice = answer["choices"][0]
-        if choice["message"].get("tool_calls") and choice.get("finish_reason") == "stop":
+        message = choice["message"]
+        if choice.get("finish_reason") == "stop":
+            if len(sampled) == 1 and sampled[0] in stop_ids:
+                message["content"] = ""  # derender refuses no ids, so it was given the stop token: an empty reply
+            elif isinstance(message.get("content"), str):
+                message["content"] = cut_at_stop_string(message["content"], sampling)
+        if message.get("tool_calls") and choice.get("finish_reason") == "stop":
             choice["finish_reason"] = "tool_calls"  # as vLLM's own chat route reports it; derender leaves "stop"
         if body.get("return_token_ids"):
             answer["prompt_token_ids"], choice["token_ids"] = context, sampled
@@ -291,3 +302,20 @@ def _without_stop_token(generated: dict[str, Any], stop_ids: set[int]) -> dict[s
     if choice.get("logprobs") and choice["logprobs"].get("content"):
         trimmed["logprobs"] = {**choice["logprobs"], "content": choice["logprobs"]["content"][:-1]}
     return {**generated, "choices": [trimmed]}
+
+
+def cut_at_stop_string(text: str, sampling: dict[str, Any]) -> str:
+    """`text` up to the first of the request's stop strings, as vLLM's own routes answer.
+
+    The engine stops on a stop string in the text it detokenizes, but the sampled token that completed the string
+    may carry more text, and derender decodes the whole token: so the cut is made here. The recorded tokens keep
+    the whole token (the engine sampled it). `include_stop_str_in_output` keeps the stop string itself.
+    """
+    stops = sampling.get("stop") or []
+    if isinstance(stops, str):
+        stops = [stops]
+    found = [(text.find(stop), stop) for stop in stops if stop and stop in text]
+    if not found:
+        return text
+    start, stop = min(found)
+    return text[: start + (len(stop) if sampling.get("include_stop_str_in_output") else 0)]
