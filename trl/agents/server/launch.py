@@ -8,9 +8,10 @@ binding would put every replica on the same core) and runs at the lowest priorit
 group too: see `process._child_setup`) below the gateway and the render servers, whose short calls would otherwise
 wait for CPU slices behind engines that compute flat out and busy-poll between steps (vLLM's shared-memory queue
 spins for a second after each read); the engines still get every idle cycle. Measured on 2 cores: with equal shares
-a render call at a turn boundary waited 168 ms on average, with the engines at +19 it waits 23 ms. Beside the replicas run vLLM render servers (`vllm launch render`, no engine;
-one per replica by default) with the same flags: the gateway renders and parses there, so those short calls never
-queue behind a replica's busy event loop, and bursts of turn boundaries are split between them.
+a render call at a turn boundary waited 168 ms on average, with the engines at +19 it waits 23 ms. Beside the
+replicas run vLLM render servers (`vllm launch render`, no engine; one per replica by default) with the same flags:
+the gateway renders and parses there, so those short calls never queue behind a replica's busy event loop, and
+bursts of turn boundaries are split between them.
 Ctrl-C or SIGTERM stops every child process.
 
 Not here: what the gateway does (`gateway.py`).
