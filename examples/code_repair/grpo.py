@@ -221,6 +221,8 @@ def build_trainer(args, dataset=None, model=None, callbacks=()):
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpx2"):  # one line per HTTP request of every agent turn: only their warnings
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     args = parser().parse_args(argv)
     trainer, rollout, client = build_trainer(args)
     trainer.train()
