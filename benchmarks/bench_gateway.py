@@ -7,8 +7,8 @@ Starts `trl vllm-serve-async` with 2 CPU replicas of the tiny model, then runs t
 N concurrent multi-turn chat sessions, every turn generating exactly `--max-tokens` tokens (`ignore_eos`), once
 straight to the replicas' `/v1/chat/completions` (sessions spread round-robin, vLLM renders the whole chat each turn)
 and once through `/sessions/{sid}/v1/chat/completions` (recorded, delta-rendered). Same engines, same load; modes
-alternate within a round so drift in machine load hits all of them; the headline alternating ratio is the median over
-rounds of the gateway run over the direct+ids run next to it, the pair swapping order every round.
+alternate within a round so drift in machine load hits all of them; each alternating ratio is the median over rounds of
+the gateway run over the direct run of the same round (gateway and direct+ids swap order every round).
 
 Headline (`mixed`): direct and gateway sessions run *at the same time*, half of the sessions each, on the same
 replicas; each path's throughput is its output tokens over its own wall time. Both paths then see exactly the same
@@ -123,13 +123,17 @@ def main() -> None:
                 rates[mode].append(rate)
                 print(f"round {r} {mode:10s} {rate:8.1f} output tokens/s", file=sys.stderr, flush=True)
     result = {"sessions": args.sessions, "turns": args.turns, "max_tokens": args.max_tokens}
-    result["mixed_ratio"] = statistics.median(g / d for d, g in mixed)
-    result["mixed_ratios"] = [g / d for d, g in mixed]
     result.update({f"{mode}_tokens_per_s": statistics.median(values) for mode, values in rates.items()})
-    # each round's gateway run divided by the direct+ids run just before it (paired: slow drift cancels)
+    # every ratio is paired per round (runs of the same round are adjacent: slow drift cancels), then the median
+    result["mixed_ratios"] = [g / d for d, g in mixed]
     result["ratios"] = [g / d for g, d in zip(rates["gateway"], rates["direct+ids"], strict=True)]
-    result["ratio"] = statistics.median(result["ratios"])
-    result["ratio_vs_text_only"] = result["gateway_tokens_per_s"] / result["direct_tokens_per_s"]
+    result["ratios_vs_text_only"] = [g / d for g, d in zip(rates["gateway"], rates["direct"], strict=True)]
+    for name, per_round in (
+        ("mixed_ratio", "mixed_ratios"),
+        ("ratio", "ratios"),
+        ("ratio_vs_text_only", "ratios_vs_text_only"),
+    ):
+        result[name] = statistics.median(result[per_round])
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
     load = f"{args.turns} turns x {args.max_tokens} tok, DP=2 CPU"
