@@ -19,18 +19,26 @@ def test_report_has_the_numbers_and_the_plots(tmp_path):
             for s in range(1, 5)
         ]  # fmt: skip
         (tmp_path / f"metrics-seed{seed}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    summary = {"reward": 0.25, "similarity": 0.2, "solved": 0.05, "non_empty": 0.5, "episodes": 40}
+    before = {"reward": 0.25, "similarity": 0.2, "solved": 0.05, "non_empty": 0.5, "episodes": 80, "reward_se": 0.03,
+              "solved_se": 0.04, "solved_by_task": {"t1": 0.1, "t2": 0.0}}  # fmt: skip
     results = {
-        s: {"before": summary, "after": {**summary, "solved": 0.15 + s / 10}, "metrics": f"metrics-seed{s}.jsonl"}
+        s: {"before": before, "after": {**before, "episodes": 40, "solved": 0.15 + s / 10, "reward": 0.35 + s / 10,
+                                        "solved_by_task": {"t1": 0.3, "t2": s / 10}},
+            "metrics": f"metrics-seed{s}.jsonl"}
         for s in (0, 1)
-    }
+    }  # fmt: skip
     args = argparse.Namespace(eval_split="test", eval_samples=4, seeds="0,1")
     path = report.write(tmp_path, args, results, {"SFT": 61.0, "GRPO": 250.0}, 400.0)
     text = path.read_text()
-    assert "| 0 | 0.250 | 0.250 | 0.200 | 0.200 | 0.050 | 0.150 |" in text
-    assert "| mean ± sd |" in text and "0.200 ± 0.050" in text  # solved after: 0.15 and 0.25
+    assert "| before GRPO (the SFT model) | 80 | 0.250 ± 0.030 | 0.050 ± 0.040 | 0.200 | 0.500 |" in text
+    assert "| after GRPO, seed 1 | 40 | 0.450 ± 0.030 | 0.250 ± 0.040 |" in text
+    # pooled over seeds: means 0.40 and 0.20, errors sqrt(2 * (0.03 * 40) ** 2) / 80
+    assert "| after GRPO, all seeds | 80 | 0.400 ± 0.021 | 0.200 ± 0.028 |" in text
+    assert "reward +0.150 ± 0.037; solved +0.150 ± 0.049. Seeds whose held-out reward rose: 2 of 2." in text
+    assert "| t2 | 0.00 | 0.00 | 0.10 |" in text
     assert "| SFT | 61 |" in text and "Total 400 s." in text
     assert "rollouts 24.0 s, weight sync 0.8 s, training 15.2 s" in text  # 4 steps of 10 s: 6 rollout, 0.2 sync
+    assert "waiting for the model 2.0 s, per episode: agent work (tools) 3.0 s" in text  # agent seconds exclude it
     for name in ("reward.png", "rates.png", "episodes_per_hour.png", "tool_calls.png", "held_out.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"![{name}]({name})" in text
     assert json.loads((tmp_path / "results.json").read_text())["total_seconds"] == 400.0

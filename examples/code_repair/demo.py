@@ -1,19 +1,24 @@
 """`make demo`: the whole loop on a CPU, end to end, with the evidence left in `runs/<run-name>/`.
 
-1. the tiny model (built offline) and the offline toy suite (30 training tasks, 10 held out);
-2. expert trajectories for the training tasks with the scripted model (`scripted_model.py`), then SFT through the
-   masking collator (`sft.py`);
+1. the base model: the shipped tiny coder (`tiny_coder.py`: the tiny model pre-trained to copy a hint into tool
+   calls; `--model tiny` builds the random tiny model instead, `--model M` takes any causal LM) and the offline toy
+   suite (30 training tasks, 10 held out);
+2. expert trajectories with the scripted model (`scripted_model.py`; from the tiny coder, for the 10 training tasks
+   it was pre-trained on), then SFT through the masking collator (`sft.py`);
 3. `trl vllm-serve-async` on the SFT model;
-4. per seed: held-out evaluation, GRPO with the coding agent, diff and tests-pass rewards and a weight sync after
-   every step (`grpo.py`, one process or under `accelerate launch`), held-out evaluation again, same sampling;
-5. `report.md` (settings, seeds, before/after table, time split) and PNG plots next to `metrics.jsonl`.
+4. held-out evaluation of the SFT model (once: every seed starts from it); then per seed: GRPO with the coding
+   agent, diff and tests-pass rewards and a weight sync after every step (`grpo.py`, one process or under
+   `accelerate launch`), and the held-out evaluation again, same sampling settings (every episode kept in
+   `episodes/`);
+5. `report.md` (settings, seeds, before/after table with standard errors, per-task table, time split) and PNG plots
+   next to `metrics*.jsonl`.
 
 Not here: anything the scripts it calls do (see them). Ctrl-C stops every child process (server, trainer).
 
-Usage (defaults: the embedded tiny model and the toy suite):
+Usage (defaults: the tiny coder, the toy suite, seeds 0,1,2, 8 GRPO steps each, temperature 1.3):
 
-    python examples/code_repair/demo.py [--run-name NAME] [--seeds 0,1,2] [--grpo-steps 20]
-        [--model PATH_OR_HUB_NAME] [--dataset SWE-Gym/SWE-Gym-Lite] [--accelerate-config FILE]
+    python examples/code_repair/demo.py [--run-name NAME] [--seeds 0,1,2] [--grpo-steps 8]
+        [--model tiny-coder|tiny|PATH_OR_HUB_NAME] [--dataset SWE-Gym/SWE-Gym-Lite] [--accelerate-config FILE]
         [--data-parallel-size N]
 """
 
@@ -21,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import math
 import os
 import signal
 import subprocess
@@ -28,7 +35,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from statistics import mean
+from statistics import mean, stdev
 from typing import Any
 
 from agent import AgentConfig, RepairAgent
@@ -83,8 +90,9 @@ def run_child(argv: list[str], log: Path) -> None:
         raise RuntimeError(f"{' '.join(argv[:3])} ... failed (exit {code}); see {log}")
 
 
-def evaluate(rows, client, workspaces, config: AgentConfig, samples: int, tag: str) -> dict:
-    """The agent on each held-out task `samples` times: mean diff similarity, solved (tests pass), non-empty."""
+def evaluate(rows, client, workspaces, config: AgentConfig, samples: int, tag: str, keep: Path) -> dict:
+    """The agent on each held-out task `samples` times: mean diff similarity, solved (tests pass), non-empty. Every
+    episode (scores, stop reason, diff, messages) is written to `keep` (JSONL)."""
     agent = RepairAgent(workspaces, config, request_timeout=120)
     tests_pass = TestsPassReward(workspaces, seconds=60)
     jobs = [(row, f"{tag}-{i}-{k}") for i, row in enumerate(rows) for k in range(samples)]
@@ -96,7 +104,7 @@ def evaluate(rows, client, workspaces, config: AgentConfig, samples: int, tag: s
         except Exception as exc:  # counted as a failed episode (score 0), never silently dropped
             print(f"    {sid}: episode failed: {type(exc).__name__}: {exc}", flush=True)
             return {"instance_id": row["instance_id"], "similarity": 0.0, "solved": 0.0, "non_empty": 0.0,
-                    "stop_reason": "error", "failed": 1.0}  # fmt: skip
+                    "stop_reason": "error", "failed": 1.0, "error": f"{type(exc).__name__}: {exc}"}  # fmt: skip
         finally:
             try:
                 client.close_session(sid)
@@ -110,15 +118,26 @@ def evaluate(rows, client, workspaces, config: AgentConfig, samples: int, tag: s
             "non_empty": float(bool(result.diff.strip())),
             "stop_reason": result.stop_reason,
             "failed": 0.0,
+            "diff": result.diff,
+            "messages": result.messages,
         }
 
     with ThreadPoolExecutor(8) as pool:
         episodes = list(pool.map(one, jobs))
-    summary = {k: mean(e[k] for e in episodes) for k in ("similarity", "solved", "non_empty")}
+    for e in episodes:
+        e["reward"] = e["similarity"] + e["solved"]  # the GRPO reward: similarity + tests, weight 1 each
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    keep.write_text("".join(json.dumps(e) + "\n" for e in episodes))
+    summary = {k: mean(e[k] for e in episodes) for k in ("reward", "similarity", "solved", "non_empty")}
+    for k in ("reward", "solved"):  # standard error of the mean over episodes
+        summary[f"{k}_se"] = stdev(e[k] for e in episodes) / math.sqrt(len(episodes)) if len(episodes) > 1 else 0.0
     summary["failed_episodes"] = sum(e["failed"] for e in episodes)
-    summary["reward"] = summary["similarity"] + summary["solved"]  # the GRPO reward: similarity + tests, weight 1
     summary["episodes"] = len(episodes)
     print(f"    {tag}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()), flush=True)
+    summary["solved_by_task"] = {
+        task: mean(e["solved"] for e in episodes if e["instance_id"] == task)
+        for task in sorted({e["instance_id"] for e in episodes})
+    }
     return summary
 
 
@@ -127,20 +146,33 @@ def parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("--run-name", default=time.strftime("demo-%Y%m%d-%H%M%S"))
     add("--runs-dir", type=Path, default=Path("runs"))
-    add("--model", default=None, help="start from this model instead of building the tiny one")
+    add("--model", default="tiny-coder", help="'tiny-coder' (shipped, `tiny_coder.py`), 'tiny' (the random tiny "
+        "model, built here), or any causal LM path or Hub name")  # fmt: skip
     add("--dataset", default="toy", help="'toy' or tasks in SWE-Gym form (train split trains, test split evaluates)")
     add("--eval-split", default="test")
     add("--accelerate-config", default=None, help="run GRPO under `accelerate launch --config_file`")
     add("--data-parallel-size", type=int, default=1, help="vLLM replicas behind the gateway")
-    add("--seeds", default="0", help="comma-separated GRPO seeds (the SFT model is shared)")
-    add("--sft-steps", type=int, default=120)
-    add("--sft-learning-rate", type=float, default=3e-3)
-    add("--grpo-steps", type=int, default=20)
-    add("--grpo-learning-rate", type=float, default=2e-4)
+    add("--seeds", default="0,1,2", help="comma-separated GRPO seeds (the SFT model is shared)")
+    add(
+        "--expert-tasks",
+        default=None,
+        help="comma-separated training tasks the scripted expert demonstrates for "
+        "SFT (default: all; from the tiny coder: the 10 it was pre-trained on, so 20 reach GRPO unseen)",
+    )
+    add("--sft-steps", type=int, default=None, help="default: 10 from the tiny coder, else 120")
+    add("--sft-learning-rate", type=float, default=None, help="default: 1e-4 from the tiny coder, else 3e-3")
+    add("--grpo-steps", type=int, default=8)
+    add("--grpo-learning-rate", type=float, default=3e-4)
     add("--num-generations", type=int, default=4)
     add("--batch-size", type=int, default=8, help="episodes per GRPO step")
-    add("--eval-samples", type=int, default=4, help="episodes per held-out task")
-    add("--temperature", type=float, default=1.0, help="sampling temperature, training and evaluation alike")
+    add("--eval-samples", type=int, default=3, help="episodes per held-out task after GRPO, per seed")
+    add(
+        "--before-samples",
+        type=int,
+        default=4,
+        help="episodes per held-out task before GRPO (once: every seed starts from the same SFT model)",
+    )
+    add("--temperature", type=float, default=1.3, help="sampling temperature, training and evaluation alike")
     add("--tool-limit", type=int, default=6)
     add("--token-limit", type=int, default=600)
     add("--response-limit", type=int, default=160)
@@ -158,18 +190,28 @@ def main(argv: list[str] | None = None) -> Path:
     py = sys.executable
 
     with timer.phase("model and tasks"):
-        model = args.model
-        if model is None:
+        model, expert_tasks = args.model, args.expert_tasks
+        if model == "tiny-coder":
+            from tiny_coder import SHIPPED, shipped_build
+
+            model, built = str(SHIPPED), shipped_build()
+            expert_tasks = expert_tasks or ",".join(built["seen_tasks"])
+            print(f"    the tiny coder ({SHIPPED}): held-out exact match of its tool calls {built['exact_match']}")
+        elif model == "tiny":
             from trl.agents.tiny_model import build
 
             model = str(build(run / "base-model"))
+        from_coder = args.model == "tiny-coder"
+        sft_steps = args.sft_steps if args.sft_steps is not None else 10 if from_coder else 120
+        sft_lr = args.sft_learning_rate if args.sft_learning_rate is not None else 1e-4 if from_coder else 3e-3
         common = ["--dataset", args.dataset, "--cache-dir", args.cache_dir]
     with timer.phase("SFT warm start (scripted-expert trajectories, masking collator)"):
         sft_dir = run / "sft-model"
         run_child([py, str(HERE / "sft.py"), "--model", model, *common, "--write-expert", str(run / "expert.jsonl"),
                    "--trajectories", str(run / "expert.jsonl"), "--output-dir", str(sft_dir),
-                   "--max-steps", str(args.sft_steps), "--learning-rate", str(args.sft_learning_rate),
-                   "--per-device-train-batch-size", "8", "--num-train-epochs", "1000", "--use-cpu"],
+                   "--max-steps", str(sft_steps), "--learning-rate", str(sft_lr),
+                   "--per-device-train-batch-size", "8", "--num-train-epochs", "1000", "--use-cpu",
+                   *(["--expert-tasks", expert_tasks] if expert_tasks else [])],
                   run / "logs" / "sft.log")  # fmt: skip
 
     from trl.agents import ServerClient
@@ -191,13 +233,15 @@ def main(argv: list[str] | None = None) -> Path:
         with timer.phase("start trl vllm-serve-async"):
             stack.enter_context(server)
         client = stack.enter_context(ServerClient(server.url, api_token=token, timeout=300))
+        with timer.phase("held-out evaluation before GRPO (the SFT model, shared by every seed)"):
+            before = evaluate(eval_rows, client, workspaces, agent_config, args.before_samples, "pre",
+                              run / "episodes" / "held-out-before.jsonl")  # fmt: skip
         for seed in seeds:
             metrics = run / f"metrics-seed{seed}.jsonl" if len(seeds) > 1 else run / "metrics.jsonl"
             metrics.unlink(missing_ok=True)
-            with timer.phase(f"seed {seed}: held-out evaluation before GRPO"):
-                client.update_weights(_load(sft_dir))  # every seed starts from the SFT weights
-                before = evaluate(eval_rows, client, workspaces, agent_config, args.eval_samples, f"pre{seed}")
             with timer.phase(f"seed {seed}: GRPO ({args.grpo_steps} steps, weight sync after each)"):
+                if seed != seeds[0]:
+                    client.update_weights(_load(sft_dir))  # every seed starts from the SFT weights
                 grpo_argv = [str(HERE / "grpo.py"), "--model", str(sft_dir), *common, "--server-url", server.url,
                              "--api-token", token, "--output-dir", str(run / f"grpo-seed{seed}"),
                              "--metrics-file", str(metrics), "--rewards", "similarity,tests",
@@ -214,7 +258,8 @@ def main(argv: list[str] | None = None) -> Path:
                     if args.accelerate_config else [py]  # fmt: skip
                 run_child([*launcher, *grpo_argv], run / "logs" / f"grpo-seed{seed}.log")
             with timer.phase(f"seed {seed}: held-out evaluation after GRPO"):
-                after = evaluate(eval_rows, client, workspaces, agent_config, args.eval_samples, f"post{seed}")
+                after = evaluate(eval_rows, client, workspaces, agent_config, args.eval_samples, f"post{seed}",
+                                 run / "episodes" / f"held-out-after-seed{seed}.jsonl")  # fmt: skip
             results[seed] = {"before": before, "after": after, "metrics": str(metrics.name)}
 
     import report

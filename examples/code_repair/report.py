@@ -8,8 +8,9 @@ Usage: `report.write(run_dir, args, results, phases, total_seconds)` (called by 
 from __future__ import annotations
 
 import json
+from math import sqrt
 from pathlib import Path
-from statistics import mean, pstdev
+from statistics import mean
 from typing import Any
 
 
@@ -120,17 +121,21 @@ def plots(run: Path, metrics: dict[int, list[dict]], results: dict[int, dict]) -
     names.append("tool_calls.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
-    for ax, key, label in zip(axes, ("solved", "similarity"), ("solved rate", "diff similarity"), strict=True):
-        seeds = sorted(results)
-        width = 0.38
-        xs = range(len(seeds))
-        for shift, when, label_ in ((-width / 2, "before", "after SFT"), (width / 2, "after", "after GRPO")):
-            bars = ax.bar([x + shift for x in xs], [results[s][when][key] for s in seeds], width, label=label_)
-            ax.bar_label(bars, fmt="%.2f", fontsize=8)  # a zero bar is invisible: print every value
-        ax.set_xticks(list(xs), [f"seed {s}" for s in seeds])
-        ax.set_title(f"Held-out {label}")
-        ax.set_ylim(0, 1)
-        ax.legend(fontsize=8)
+    seeds = sorted(results)
+    before = results[seeds[0]]["before"]
+    labels = ["before\n(SFT)", *[f"after\nseed {s}" for s in seeds]]
+    for ax, key, label in zip(axes, ("solved", "reward"), ("solved rate", "reward (similarity + tests)"), strict=True):
+        summaries = [before, *[results[s]["after"] for s in seeds]]
+        values = [r[key] for r in summaries]
+        errors = [r.get(f"{key}_se", 0.0) for r in summaries]
+        colors = ["tab:gray", *["tab:blue"] * len(seeds)]
+        bars = ax.bar(range(len(values)), values, yerr=errors, capsize=4, color=colors)
+        ax.bar_label(bars, fmt="%.2f", fontsize=8, label_type="center")  # a zero bar is invisible: print every value
+        ax.axhline(before[key], color="tab:gray", linestyle="--", linewidth=1)
+        ax.set_xticks(range(len(values)), labels, fontsize=8)
+        ax.set_title(f"Held-out {label}", fontsize=10)
+        ax.set_ylim(0, 2 if key == "reward" else 1)
+    fig.suptitle("Held-out tasks before and after GRPO (bars: one standard error)", fontsize=9)
     fig.tight_layout()
     fig.savefig(run / "held_out.png", dpi=110)
     plt.close(fig)
@@ -144,17 +149,84 @@ def time_split(rows: list[dict]) -> dict[str, float]:
     sync = sum(r.get("weight_sync/seconds", 0.0) for r in rows)
     steps = [b["time"] - a["time"] for a, b in zip(rows, rows[1:], strict=False)]
     gen = mean(r.get("agent/generation_seconds_per_episode", 0.0) for r in rows) if rows else 0.0
-    work = mean(r.get("agent/agent_seconds_per_episode", 0.0) for r in rows) if rows else 0.0
+    work = mean(r.get("agent/agent_seconds_per_episode", 0.0) for r in rows) if rows else 0.0  # already without gen
     total = sum(steps) * len(rows) / max(len(steps), 1)  # the first step's length is estimated from the others
     return {"rollouts": batch, "weight sync": sync, "training": max(total - batch - sync, 0.0),
-            "per episode: waiting for the model": gen, "per episode: agent work (tools)": work - gen}  # fmt: skip
+            "per episode: waiting for the model": gen, "per episode: agent work (tools)": work}  # fmt: skip
+
+
+def pooled(summaries: list[dict[str, Any]], key: str) -> tuple[float, float]:
+    """Mean and standard error of `key` over the episodes of several evaluations (each its own mean and error)."""
+    n = sum(s["episodes"] for s in summaries)
+    value = sum(s[key] * s["episodes"] for s in summaries) / n
+    return value, sqrt(sum((s.get(f"{key}_se", 0.0) * s["episodes"]) ** 2 for s in summaries)) / n
+
+
+def held_out_section(args, results: dict[int, dict]) -> list[str]:
+    """The before/after table (pooled over seeds, with the change GRPO made and its standard error) and the solved
+    rate per task."""
+    seeds = sorted(results)
+    before, afters = results[seeds[0]]["before"], [results[s]["after"] for s in seeds]
+    tasks = sorted(before.get("solved_by_task", {}))
+    rows = [
+        ("before GRPO (the SFT model)", before),
+        *[(f"after GRPO, seed {s}", a) for s, a in zip(seeds, afters, strict=True)],
+    ]
+
+    def cells(summaries: list[dict]) -> str:
+        out = []
+        for key in ("reward", "solved", "similarity", "non_empty"):
+            value, se = pooled(summaries, key)
+            out.append(f"{value:.3f} ± {se:.3f}" if f"{key}_se" in summaries[0] else f"{value:.3f}")
+        return " | ".join(out)
+
+    lines = [
+        "## Held-out tasks, before and after GRPO",
+        "",
+        f"The {len(tasks) or '?'} tasks of the `{args.eval_split}` split are never trained on. Before GRPO: the SFT "
+        f"model once ({before['episodes']} episodes; every seed starts from it). After GRPO: {args.eval_samples} "
+        "episodes per task per seed. Same sampling settings. ± is one standard error over episodes.",
+        "",
+        "| model | episodes | reward | solved | similarity | non-empty |",
+        "|---|---|---|---|---|---|",
+        *[f"| {name} | {s['episodes']} | {cells([s])} |" for name, s in rows],
+    ]
+    if len(afters) > 1:
+        lines.append(f"| after GRPO, all seeds | {sum(a['episodes'] for a in afters)} | {cells(afters)} |")
+    change = []
+    for key in ("reward", "solved"):
+        (b, b_se), (a, a_se) = pooled([before], key), pooled(afters, key)
+        change.append(f"{key} {a - b:+.3f} ± {sqrt(a_se**2 + b_se**2):.3f}")
+    rose = sum(a["reward"] > before["reward"] for a in afters)
+    lines += [
+        "",
+        f"**Change from GRPO** (after, all seeds, minus before): {'; '.join(change)}. Seeds whose held-out reward "
+        f"rose: {rose} of {len(afters)}.",
+        "",
+        "`reward` = diff similarity + tests pass (the GRPO reward, both weight 1); `solved` = share of episodes whose "
+        "hidden tests pass; `non-empty` = share with a non-empty patch. Failed evaluation episodes (counted as 0): "
+        + "; ".join(f"{name}: {s.get('failed_episodes', 0):.0f}" for name, s in rows)
+        + ".",
+        "",
+    ]
+    if tasks:
+        lines += [
+            "Solved rate per held-out task:",
+            "",
+            "| task | before | " + " | ".join(f"after, seed {s}" for s in seeds) + " |",
+            "|---|---|" + "---|" * len(seeds),
+            *[f"| {t} | {before['solved_by_task'][t]:.2f} | "
+              + " | ".join(f"{a.get('solved_by_task', {}).get(t, float('nan')):.2f}" for a in afters) + " |"
+              for t in tasks],
+            "",
+        ]  # fmt: skip
+    return lines
 
 
 def write(run: Path, args, results: dict[int, dict], phases: dict[str, float], total: float) -> Path:
     """Write `report.md` (and the plots) into `run`."""
     metrics = {s: load_metrics(run / r["metrics"]) for s, r in results.items()}
     pictures = plots(run, metrics, results)
-    keys = ("reward", "similarity", "solved", "non_empty")
     lines = [
         f"# Demo run `{run.name}`",
         "",
@@ -170,32 +242,7 @@ def write(run: Path, args, results: dict[int, dict], phases: dict[str, float], t
         "",
         f"Seeds: {', '.join(map(str, sorted(results)))} (GRPO seed; all seeds start from the same SFT model).",
         "",
-        f"## Held-out tasks ({args.eval_split} split, {args.eval_samples} episodes per task), before and after GRPO",
-        "",
-        "| seed | " + " | ".join(f"{k} before | {k} after" for k in keys) + " |",
-        "|---|" + "---|" * (2 * len(keys)),
-    ]
-    for seed in sorted(results):
-        b, a = results[seed]["before"], results[seed]["after"]
-        lines.append(f"| {seed} | " + " | ".join(f"{b[k]:.3f} | {a[k]:.3f}" for k in keys) + " |")
-    if len(results) > 1:
-        cells = []
-        for k in keys:
-            before = [results[s]["before"][k] for s in results]
-            after = [results[s]["after"][k] for s in results]
-            cells.append(f"{mean(before):.3f} ± {pstdev(before):.3f} | {mean(after):.3f} ± {pstdev(after):.3f}")
-        lines.append("| mean ± sd | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "`reward` = diff similarity + tests pass (the GRPO reward, both weight 1); `solved` = share of episodes whose "
-        "hidden tests pass; `non_empty` = share with a non-empty patch. Failed evaluation episodes (counted as 0): "
-        + ", ".join(
-            f"seed {s} {results[s]['before'].get('failed_episodes', 0):.0f} before / "
-            f"{results[s]['after'].get('failed_episodes', 0):.0f} after"
-            for s in sorted(results)
-        )
-        + ".",
-        "",
+        *held_out_section(args, results),
         "## Time",
         "",
         f"Total {total:.0f} s.",

@@ -117,6 +117,7 @@ def parser() -> argparse.ArgumentParser:
     add("--trajectories", required=True, help="JSONL of conversations or recorded segments")
     add("--output-dir", required=True)
     add("--write-expert", type=Path, help="first write scripted-expert trajectories for --dataset to this file")
+    add("--expert-tasks", default=None, help="comma-separated instance ids the expert demonstrates (default: all)")
     add_task_flags(p)
     add("--min-reward", type=float, default=1.0, help="keep trajectories with at least this reward")
     add("--top-k", type=int, default=None, help="keep at most this many trajectories per task")
@@ -130,6 +131,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if args.write_expert:
         rows = list(task_dataset(args.dataset, args.split, args.cache_dir))
+        if args.expert_tasks:
+            wanted = args.expert_tasks.split(",")
+            unknown = sorted(set(wanted) - {row["instance_id"] for row in rows})
+            if unknown:
+                raise SystemExit(f"--expert-tasks: not in {args.dataset} {args.split}: {', '.join(unknown)}")
+            rows = [row for row in rows if row["instance_id"] in wanted]
         episodes = write_expert_trajectories(rows, Workspaces(args.cache_dir), args.write_expert)
         solved = sum(e["reward"] == 1.0 for e in episodes)
         print(f"wrote {len(episodes)} expert trajectories ({solved} pass their tests) to {args.write_expert}")
