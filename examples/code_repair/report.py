@@ -57,6 +57,36 @@ def _plot(
     plt.close(fig)
 
 
+def _seed_panels(
+    path: Path, title: str, ylabel: str, panels: list[tuple[str, str, float]], metrics: dict[int, list[dict]]
+) -> None:
+    """One panel per (subtitle, metric key, y max): each seed a thin line, their mean per step a thick black one (a
+    step's value comes from a handful of episodes, so single seeds are noisy; the mean is the curve to read)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (subtitle, key, top) in zip(axes[0], panels, strict=True):
+        by_step: dict[int, list[float]] = {}
+        for seed, rows in metrics.items():
+            xs, ys = _column(rows, key)
+            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1, alpha=0.6, label=f"seed {seed}")
+            for x, y in zip(xs, ys, strict=True):
+                by_step.setdefault(x, []).append(y)
+        if len(metrics) > 1:
+            steps = sorted(by_step)
+            ax.plot(steps, [mean(by_step[x]) for x in steps], color="black", linewidth=2.5, label="mean of seeds")
+        ax.set_title(subtitle, fontsize=10)
+        ax.set_ylim(-0.03 * top, 1.05 * top)
+        ax.grid(alpha=0.3)
+        _steps_axis(ax)
+    axes[0][0].set_ylabel(ylabel)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _column(rows: list[dict], key: str) -> tuple[list, list]:
     points = [(r["step"], r[key]) for r in rows if key in r]
     return [p[0] for p in points], [p[1] for p in points]
@@ -69,20 +99,17 @@ def plots(run: Path, metrics: dict[int, list[dict]], results: dict[int, dict]) -
     reward_keys = sorted(
         {k for rows in metrics.values() for r in rows for k in r if k.startswith("rewards/") and k.endswith("/mean")}
     )
-    series = {}
-    for seed, rows in metrics.items():
-        series[f"seed {seed}: total"] = _column(rows, "reward")
-        for key in reward_keys:
-            series[f"seed {seed}: {key.split('/')[1]}"] = _column(rows, key)
-    _plot(run / "reward.png", "Training reward per step (mean over the step's episodes)", "reward (max 2)", series,
-          ymin=-0.02, ymax_at_least=1.0)  # fmt: skip
+    panels = [("total (similarity + tests, max 2)", "reward", 2.0)]
+    panels += [
+        (key.split("/")[1].removesuffix("_reward").replace("_", " ") + " (max 1)", key, 1.0) for key in reward_keys
+    ]
+    _seed_panels(run / "reward.png", "Training reward per GRPO step", "mean over the step's episodes", panels, metrics)
     names.append("reward.png")
-
-    series = {}
-    for seed, rows in metrics.items():
-        series[f"seed {seed}: non-empty patch"] = _column(rows, "non_empty_rate")
-        series[f"seed {seed}: solved (tests pass)"] = _column(rows, "rewards/tests_pass_reward/mean")
-    _plot(run / "rates.png", "Share of training episodes per step", "share of episodes", series, ymin=-0.05, ymax=1.05)
+    panels = [
+        ("non-empty patch", "non_empty_rate", 1.0),
+        ("solved (tests pass)", "rewards/tests_pass_reward/mean", 1.0),
+    ]
+    _seed_panels(run / "rates.png", "Training episodes per GRPO step", "share of the step's episodes", panels, metrics)
     names.append("rates.png")
 
     series = {f"seed {seed}": _column(rows, "agent/episodes_per_hour") for seed, rows in metrics.items()}

@@ -5,8 +5,8 @@ results or template tokens).
 Trajectories are JSONL rows of conversations (`messages`, `tools`, `reward`, `instance_id`: what
 `--write-expert` writes) or recorded gateway segments (`token_ids`, `mask`). `--min-reward` and `--top-k` keep the
 best episodes per task (`trl.agents.filter_by_reward`). `--write-expert` first runs the real agent with the scripted
-expert (`scripted_model.py`) on the task rows and keeps the episodes whose tests pass: demonstrations for the toy
-suite without any model.
+expert (`scripted_model.py`) on the task rows (`--expert-tasks` names some) and keeps the episodes whose tests pass:
+demonstrations for the toy suite without any model.
 
 Setup: `pip install trl-agents`. Usage:
 
