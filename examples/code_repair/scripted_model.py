@@ -25,7 +25,6 @@ from typing import Any
 
 
 MODEL_NAME = "scripted-expert"
-FINAL_REPLY = "The fix is in place."
 HINT = re.compile(
     r"^Hint: in (?P<file>\S+) the line `(?P<search>.+)` is wrong; it should be `(?P<replace>.*)`\.$", re.M
 )
@@ -81,12 +80,12 @@ class ExpertScript:
         last = messages[-1]
         if last.get("role") == "tool" and str(last.get("content", "")).startswith("error"):
             return {"content": "The last step failed; submitting what I have."}
-        plan = [("shell", {"command": grep_command(edits[0])})]
+        plan = [("shell", {"command": _grep_command(edits[0])})]
         plan += [("apply_patch", edit) for edit in edits]
         plan.append(("shell", {"command": "python -m pytest -q -p no:cacheprovider 2>&1 | tail -3"}))
         step = sum(1 for m in messages if m.get("role") == "assistant")
         if step >= len(plan):
-            return {"content": FINAL_REPLY}
+            return {"content": "The fix is in place."}
         name, arguments = plan[step]
         call = {
             "id": f"call_{step}",
@@ -96,8 +95,7 @@ class ExpertScript:
         return {"content": None, "tool_calls": [call]}
 
 
-def grep_command(edit: dict[str, str]) -> str:
-    """The shell command the expert looks at an edit's line with (the middle changed line of its `search`)."""
+def _grep_command(edit: dict[str, str]) -> str:
     changed = [line for line in edit["search"].splitlines() if line.strip()]
     needle = changed[len(changed) // 2].strip() if changed else ""
     return f"grep -n -F -- {json.dumps(needle)} {edit['file']}"

@@ -36,6 +36,7 @@ import re
 import sys
 import sysconfig
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +86,7 @@ def stdlib_edits(rng: random.Random, files: int = 400) -> tuple[list[tuple], lis
     for path in paths:
         text = path.read_text(errors="replace")
         lines = text.splitlines()
-        counts: dict[str, int] = {}
-        for line in lines:
-            counts[line] = counts.get(line, 0) + 1
+        counts = Counter(lines)
         for number, line in enumerate(lines, 1):
             fixed = line.strip()
             if not 12 <= len(fixed) <= 70 or "`" in fixed or fixed.startswith(("#", '"', "'")) or counts[line] > 1:
@@ -111,44 +110,38 @@ def statement(rng: random.Random, sentences: list[str], code: list[str]) -> str:
         if rng.random() < 0.5:
             parts.append(rng.choice(sentences))
         else:
-            verb, link = (
-                rng.choice(["returns", "raises", "gives", "prints"]),
-                rng.choice(["instead of", "but should give", "and not"]),
-            )
+            verb = rng.choice(["returns", "raises", "gives", "prints"])
+            link = rng.choice(["instead of", "but should give", "and not"])
             parts.append(f"`{rng.choice(code)}` {verb} `{rng.choice(code)}` {link} `{rng.choice(code)}`.")
     text = " ".join(parts)
     return "\n".join(text[i : i + 110] for i in range(0, len(text), 110))
 
 
 def synthetic_episode(edit: tuple, text: str, rng: random.Random) -> list[dict[str, Any]]:
-    """The expert's episode for one synthetic bug: grep the line, patch it, run the tests, submit."""
+    """The expert's episode for one synthetic bug, played by the scripted expert itself (`ExpertScript`) with the
+    tool results the agent would have printed: grep the line, patch it, run the tests, submit."""
     from agent import SYSTEM_PROMPT
-    from scripted_model import FINAL_REPLY, grep_command
+    from scripted_model import ExpertScript
+    from sft import as_training_messages
+    from toy_suite import hint_line
 
     path, number, indent, buggy, fixed = edit
-    fix = {"file": path, "search": buggy, "replace": fixed}
+    task = f"{text}\n\n{hint_line(path, buggy, fixed)}"
     tests = rng.randint(3, 9)
-
-    def call(i: int, name: str, arguments: dict) -> dict[str, Any]:
-        function = {"name": name, "arguments": json.dumps(arguments)}
-        return {
-            "role": "assistant",
-            "content": "",
-            "tool_calls": [{"id": f"call_{i}", "type": "function", "function": function}],
-        }
-
-    return [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": f"{text}\n\nHint: in {path} the line `{buggy}` is wrong; it should be `{fixed}`."},
-        call(0, "shell", {"command": grep_command(fix)}),
-        {"role": "tool", "tool_call_id": "call_0", "content": f"{number}:{indent}{buggy}\n"},
-        call(1, "apply_patch", fix),
-        {"role": "tool", "tool_call_id": "call_1", "content": f"patched {path}"},
-        call(2, "shell", {"command": "python -m pytest -q -p no:cacheprovider 2>&1 | tail -3"}),
-        {"role": "tool", "tool_call_id": "call_2",
-         "content": TEST_OUTPUT.format(dots="." * tests, pad=" " * (73 - tests), n=tests, t=rng.randint(1, 9))},
-        {"role": "assistant", "content": FINAL_REPLY},
-    ]  # fmt: skip
+    results = {  # the tool results, in the order the expert calls the tools
+        "grep": f"{number}:{indent}{buggy}\n",
+        "apply_patch": f"patched {path}",
+        "tests": TEST_OUTPUT.format(dots="." * tests, pad=" " * (73 - tests), n=tests, t=rng.randint(1, 9)),
+    }
+    script = ExpertScript([{"problem_statement": task, "patch": ""}])
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": task}]
+    for result in (*results.values(), None):
+        reply = script.reply(messages)
+        messages.append({"role": "assistant", **reply})
+        if result is None or not reply.get("tool_calls"):
+            break
+        messages.append({"role": "tool", "tool_call_id": reply["tool_calls"][0]["id"], "content": result})
+    return as_training_messages(messages)
 
 
 def tool_call_probes(tokenizer, messages: list[dict], tools: list[dict]) -> list[dict[str, Any]]:
@@ -182,15 +175,13 @@ def make_data(out: Path, synthetic: int = 5800, probes: int = 60, seed: int = 0,
     from agent import TOOLS
     from data import Workspaces, task_dataset
     from sft import write_expert_trajectories
-
-    from trl.agents import DataCollatorForAgentTrajectories
-    from trl.agents.tiny_model import build
-
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer_dir = build(out / "tokenizer")
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    from trl.agents import DataCollatorForAgentTrajectories
+    from trl.agents.tiny_model import TinyModelConfig, build
+
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(build(out / "tiny", TinyModelConfig(**SHAPE)))
     collator = DataCollatorForAgentTrajectories(tokenizer=tokenizer, max_length=4096)
     cache = Path(cache_dir or "~/.cache/trl-agents/code_repair").expanduser()
     workspaces = Workspaces(cache)
@@ -225,11 +216,12 @@ def make_data(out: Path, synthetic: int = 5800, probes: int = 60, seed: int = 0,
             data["probes"]["synthetic"] += tool_call_probes(tokenizer, messages, TOOLS)
         if i % 500 == 0:
             print(f"synthetic episodes: {i}/{len(episodes)}", file=sys.stderr, flush=True)
+    held_out = {r["instance_id"] for r in test_rows}
     for instance, episode in expert.items():
         if instance in SEEN_TASKS:
             data["seen"].append(encode(episode["messages"], episode["tools"]))
         else:
-            split = "held_out" if instance in {r["instance_id"] for r in test_rows} else "unseen"
+            split = "held_out" if instance in held_out else "unseen"
             data["probes"][split] += tool_call_probes(tokenizer, episode["messages"], episode["tools"])
     torch.save(data, out / "data.pt")
     print(f"wrote {out / 'data.pt'}: {len(data['synthetic'])} synthetic, {len(data['seen'])} expert episodes; "
@@ -246,13 +238,8 @@ def train(data_path: Path, output_dir: Path, steps: int = 4000, batch_size: int 
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     data = torch.load(data_path)
-    tiny = data_path.parent / "tokenizer"  # the tiny model `data` built: its tokenizer, and its config reshaped
+    tiny = data_path.parent / "tiny"  # the tiny model `data` built in the coder's shape: tokenizer and config
     config = AutoConfig.from_pretrained(tiny)
-    for key, value in SHAPE.items():
-        setattr(config, key, value)
-    config.head_dim = SHAPE["hidden_size"] // SHAPE["num_attention_heads"]
-    config.layer_types = ["full_attention"] * SHAPE["num_hidden_layers"]
-    config.max_window_layers = SHAPE["num_hidden_layers"]
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(device)
     tokenizer = AutoTokenizer.from_pretrained(tiny)

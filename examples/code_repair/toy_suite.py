@@ -173,6 +173,11 @@ def _test_names(source: str) -> list[str]:
     return re.findall(r"^def (test_\w+)\(", source, flags=re.M)
 
 
+def hint_line(file: str, buggy: str, fixed: str) -> str:
+    """The last line of every toy statement (`scripted_model.HINT` reads it back)."""
+    return f"Hint: in {file} the line `{buggy}` is wrong; it should be `{fixed}`."
+
+
 def _make_task(repo: Path, name: str, n: int, clean: str, files: dict[str, str], bug: Bug) -> dict:
     """Commit the bug of task `n` on top of `clean`, keep it under refs/tasks/, and return the task's row."""
     instance_id = f"toy__{name}-{n}"
@@ -196,7 +201,7 @@ def _make_task(repo: Path, name: str, n: int, clean: str, files: dict[str, str],
     pass_to_pass = [f"tests/test_basic.py::{test}" for test in basic if test not in bug.breaks]
     if not pass_to_pass:
         raise AssertionError(f"{instance_id}: PASS_TO_PASS is empty")
-    hint = f"Hint: in {bug.file} the line `{bug.buggy}` is wrong; it should be `{bug.fixed}`."
+    hint = hint_line(bug.file, bug.buggy, bug.fixed)
     return {
         "instance_id": instance_id,
         "repo": str(repo),
