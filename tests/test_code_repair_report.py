@@ -20,15 +20,16 @@ def test_report_has_the_numbers_and_the_plots(tmp_path):
         ]  # fmt: skip
         (tmp_path / f"metrics-seed{seed}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     before = {"reward": 0.25, "similarity": 0.2, "solved": 0.05, "non_empty": 0.5, "episodes": 80, "reward_se": 0.03,
-              "solved_se": 0.04, "solved_by_task": {"t1": 0.1, "t2": 0.0}}  # fmt: skip
+              "solved_se": 0.04, "similarity_se": 0.02, "non_empty_se": 0.05, "failed_episodes": 0,
+              "solved_by_task": {"t1": 0.1, "t2": 0.0}}  # fmt: skip
     results = {
-        s: {"before": before, "after": {**before, "episodes": 40, "solved": 0.15 + s / 10, "reward": 0.35 + s / 10,
-                                        "solved_by_task": {"t1": 0.3, "t2": s / 10}},
+        s: {"after": {**before, "episodes": 40, "solved": 0.15 + s / 10, "reward": 0.35 + s / 10,
+                      "solved_by_task": {"t1": 0.3, "t2": s / 10}},
             "metrics": f"metrics-seed{s}.jsonl"}
         for s in (0, 1)
     }  # fmt: skip
     args = argparse.Namespace(eval_split="test", eval_samples=4, seeds="0,1")
-    path = report.write(tmp_path, args, results, {"SFT": 61.0, "GRPO": 250.0}, 400.0)
+    path = report.write(tmp_path, args, before, results, {"SFT": 61.0, "GRPO": 250.0}, 400.0)
     text = path.read_text()
     assert "| before GRPO (the SFT model) | 80 | 0.250 ± 0.030 | 0.050 ± 0.040 | 0.200 | 0.500 |" in text
     assert "| after GRPO, seed 1 | 40 | 0.450 ± 0.030 | 0.250 ± 0.040 |" in text

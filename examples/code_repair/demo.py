@@ -38,6 +38,7 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
+import report
 from agent import AgentConfig, RepairAgent
 from data import Workspaces, task_dataset
 from rewards import TestsPassReward, unified_diff_similarity
@@ -128,12 +129,13 @@ def evaluate(rows, client, workspaces, config: AgentConfig, samples: int, tag: s
         e["reward"] = e["similarity"] + e["solved"]  # the GRPO reward: similarity + tests, weight 1 each
     keep.parent.mkdir(parents=True, exist_ok=True)
     keep.write_text("".join(json.dumps(e) + "\n" for e in episodes))
-    summary = {k: mean(e[k] for e in episodes) for k in ("reward", "similarity", "solved", "non_empty")}
-    for k in ("reward", "solved"):  # standard error of the mean over episodes
+    summary = {}
+    for k in report.HELD_OUT_KEYS:  # the mean over episodes and its standard error
+        summary[k] = mean(e[k] for e in episodes)
         summary[f"{k}_se"] = stdev(e[k] for e in episodes) / math.sqrt(len(episodes)) if len(episodes) > 1 else 0.0
     summary["failed_episodes"] = sum(e["failed"] for e in episodes)
     summary["episodes"] = len(episodes)
-    print(f"    {tag}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()), flush=True)
+    print(f"    {tag}: " + ", ".join(f"{k} {summary[k]:.3f}" for k in (*report.HELD_OUT_KEYS, "episodes")), flush=True)
     summary["solved_by_task"] = {
         task: mean(e["solved"] for e in episodes if e["instance_id"] == task)
         for task in sorted({e["instance_id"] for e in episodes})
@@ -201,9 +203,9 @@ def main(argv: list[str] | None = None) -> Path:
             from trl.agents.tiny_model import build
 
             model = str(build(run / "base-model"))
-        from_coder = args.model == "tiny-coder"
-        sft_steps = args.sft_steps if args.sft_steps is not None else 10 if from_coder else 120
-        sft_lr = args.sft_learning_rate if args.sft_learning_rate is not None else 1e-4 if from_coder else 3e-3
+        steps, lr = (10, 1e-4) if args.model == "tiny-coder" else (120, 3e-3)  # a light touch on the coder
+        sft_steps = args.sft_steps if args.sft_steps is not None else steps
+        sft_lr = args.sft_learning_rate if args.sft_learning_rate is not None else lr
         common = ["--dataset", args.dataset, "--cache-dir", args.cache_dir]
     with timer.phase("SFT warm start (scripted-expert trajectories, masking collator)"):
         sft_dir = run / "sft-model"
@@ -260,11 +262,9 @@ def main(argv: list[str] | None = None) -> Path:
             with timer.phase(f"seed {seed}: held-out evaluation after GRPO"):
                 after = evaluate(eval_rows, client, workspaces, agent_config, args.eval_samples, f"post{seed}",
                                  run / "episodes" / f"held-out-after-seed{seed}.jsonl")  # fmt: skip
-            results[seed] = {"before": before, "after": after, "metrics": str(metrics.name)}
+            results[seed] = {"after": after, "metrics": str(metrics.name)}
 
-    import report
-
-    report.write(run, args, results, timer.phases, time.monotonic() - timer.start)
+    report.write(run, args, before, results, timer.phases, time.monotonic() - timer.start)
     print(f"\n==> done in {time.monotonic() - timer.start:.0f} s: {run / 'report.md'}")
     return run
 

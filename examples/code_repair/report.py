@@ -2,7 +2,7 @@
 
 Plots: reward per step (total and per reward function), non-empty and solved rate per step, episodes per hour, tool
 calls by tool and shell command type, held-out results before/after GRPO. Not here: running anything (`demo.py`).
-Usage: `report.write(run_dir, args, results, phases, total_seconds)` (called by `demo.py`).
+Usage: `report.write(run_dir, args, before, results, phases, total_seconds)` (called by `demo.py`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ from math import sqrt
 from pathlib import Path
 from statistics import mean
 from typing import Any
+
+
+HELD_OUT_KEYS = ("reward", "solved", "similarity", "non_empty")  # per held-out evaluation: mean and `<key>_se`
 
 
 def load_metrics(path: Path) -> list[dict[str, Any]]:
@@ -34,12 +37,9 @@ def _pyplot():
     return plt
 
 
-def _plot(
-    path: Path, title: str, ylabel: str, series: dict[str, tuple[list, list]], ymin: float = 0.0,
-    ymax: float | None = None, ymax_at_least: float = 1e-9,
-) -> None:  # fmt: skip
-    """Line plot per series over GRPO steps; the y-axis starts at `ymin` (so a flat or small curve reads as what
-    it is) and ends at `ymax`, or 10% above the highest point but not below `ymax_at_least`."""
+def _plot(path: Path, title: str, ylabel: str, series: dict[str, tuple[list, list]]) -> None:
+    """Line plot per series over GRPO steps; the y-axis starts at 0 (so a flat or small curve reads as what it is)
+    and ends 10% above the highest point."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, (xs, ys) in series.items():
@@ -48,7 +48,7 @@ def _plot(
     _steps_axis(ax)
     ax.set_ylabel(ylabel)
     top = max((y for _, ys in series.values() for y in ys), default=0.0)
-    ax.set_ylim(ymin, ymax if ymax is not None else max(top * 1.1, ymax_at_least))
+    ax.set_ylim(0, max(top * 1.1, 1e-9))
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend(fontsize=8)
@@ -92,7 +92,7 @@ def _column(rows: list[dict], key: str) -> tuple[list, list]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def plots(run: Path, metrics: dict[int, list[dict]], results: dict[int, dict]) -> list[str]:
+def plots(run: Path, metrics: dict[int, list[dict]], before: dict, results: dict[int, dict]) -> list[str]:
     """Write the PNGs; return their file names."""
     plt = _pyplot()
     names = []
@@ -149,12 +149,11 @@ def plots(run: Path, metrics: dict[int, list[dict]], results: dict[int, dict]) -
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
     seeds = sorted(results)
-    before = results[seeds[0]]["before"]
     labels = ["before\n(SFT)", *[f"after\nseed {s}" for s in seeds]]
     for ax, key, label in zip(axes, ("solved", "reward"), ("solved rate", "reward (similarity + tests)"), strict=True):
         summaries = [before, *[results[s]["after"] for s in seeds]]
         values = [r[key] for r in summaries]
-        errors = [r.get(f"{key}_se", 0.0) for r in summaries]
+        errors = [r[f"{key}_se"] for r in summaries]
         colors = ["tab:gray", *["tab:blue"] * len(seeds)]
         bars = ax.bar(range(len(values)), values, yerr=errors, capsize=4, color=colors)
         ax.bar_label(bars, fmt="%.2f", fontsize=8, label_type="center")  # a zero bar is invisible: print every value
@@ -186,15 +185,15 @@ def pooled(summaries: list[dict[str, Any]], key: str) -> tuple[float, float]:
     """Mean and standard error of `key` over the episodes of several evaluations (each its own mean and error)."""
     n = sum(s["episodes"] for s in summaries)
     value = sum(s[key] * s["episodes"] for s in summaries) / n
-    return value, sqrt(sum((s.get(f"{key}_se", 0.0) * s["episodes"]) ** 2 for s in summaries)) / n
+    return value, sqrt(sum((s[f"{key}_se"] * s["episodes"]) ** 2 for s in summaries)) / n
 
 
-def held_out_section(args, results: dict[int, dict]) -> list[str]:
+def held_out_section(args, before: dict, results: dict[int, dict]) -> list[str]:
     """The before/after table (pooled over seeds, with the change GRPO made and its standard error) and the solved
     rate per task."""
     seeds = sorted(results)
-    before, afters = results[seeds[0]]["before"], [results[s]["after"] for s in seeds]
-    tasks = sorted(before.get("solved_by_task", {}))
+    afters = [results[s]["after"] for s in seeds]
+    tasks = sorted(before["solved_by_task"])
     rows = [
         ("before GRPO (the SFT model)", before),
         *[(f"after GRPO, seed {s}", a) for s, a in zip(seeds, afters, strict=True)],
@@ -202,9 +201,9 @@ def held_out_section(args, results: dict[int, dict]) -> list[str]:
 
     def cells(summaries: list[dict]) -> str:
         out = []
-        for key in ("reward", "solved", "similarity", "non_empty"):
+        for key in HELD_OUT_KEYS:
             value, se = pooled(summaries, key)
-            out.append(f"{value:.3f} ± {se:.3f}" if f"{key}_se" in summaries[0] else f"{value:.3f}")
+            out.append(f"{value:.3f} ± {se:.3f}" if key in ("reward", "solved") else f"{value:.3f}")
         return " | ".join(out)
 
     lines = [
@@ -232,7 +231,7 @@ def held_out_section(args, results: dict[int, dict]) -> list[str]:
         "",
         "`reward` = diff similarity + tests pass (the GRPO reward, both weight 1); `solved` = share of episodes whose "
         "hidden tests pass; `non-empty` = share with a non-empty patch. Failed evaluation episodes (counted as 0): "
-        + "; ".join(f"{name}: {s.get('failed_episodes', 0):.0f}" for name, s in rows)
+        + "; ".join(f"{name}: {s['failed_episodes']:.0f}" for name, s in rows)
         + ".",
         "",
     ]
@@ -243,17 +242,18 @@ def held_out_section(args, results: dict[int, dict]) -> list[str]:
             "| task | before | " + " | ".join(f"after, seed {s}" for s in seeds) + " |",
             "|---|---|" + "---|" * len(seeds),
             *[f"| {t} | {before['solved_by_task'][t]:.2f} | "
-              + " | ".join(f"{a.get('solved_by_task', {}).get(t, float('nan')):.2f}" for a in afters) + " |"
+              + " | ".join(f"{a['solved_by_task'][t]:.2f}" for a in afters) + " |"
               for t in tasks],
             "",
         ]  # fmt: skip
     return lines
 
 
-def write(run: Path, args, results: dict[int, dict], phases: dict[str, float], total: float) -> Path:
-    """Write `report.md` (and the plots) into `run`."""
+def write(run: Path, args, before: dict, results: dict[int, dict], phases: dict[str, float], total: float) -> Path:
+    """Write `report.md` (and the plots) into `run`. `before`: the held-out evaluation of the SFT model; `results`:
+    per seed, the held-out evaluation after GRPO (`after`) and the metrics file name."""
     metrics = {s: load_metrics(run / r["metrics"]) for s, r in results.items()}
-    pictures = plots(run, metrics, results)
+    pictures = plots(run, metrics, before, results)
     lines = [
         f"# Demo run `{run.name}`",
         "",
@@ -269,7 +269,7 @@ def write(run: Path, args, results: dict[int, dict], phases: dict[str, float], t
         "",
         f"Seeds: {', '.join(map(str, sorted(results)))} (GRPO seed; all seeds start from the same SFT model).",
         "",
-        *held_out_section(args, results),
+        *held_out_section(args, before, results),
         "## Time",
         "",
         f"Total {total:.0f} s.",
@@ -286,6 +286,6 @@ def write(run: Path, args, results: dict[int, dict], phases: dict[str, float], t
     path = run / "report.md"
     path.write_text("\n".join(lines))
     (run / "results.json").write_text(
-        json.dumps({"results": results, "phases": phases, "total_seconds": total}, indent=1)
+        json.dumps({"before": before, "results": results, "phases": phases, "total_seconds": total}, indent=1)
     )
     return path
