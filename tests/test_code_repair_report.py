@@ -29,8 +29,11 @@ def test_report_has_the_numbers_and_the_plots(tmp_path):
         for s in (0, 1)
     }  # fmt: skip
     args = argparse.Namespace(eval_split="test", eval_samples=4, seeds="0,1")
-    path = report.write(tmp_path, args, before, results, {"SFT": 61.0, "GRPO": 250.0}, 400.0)
+    screening = {"samples": 4, "solved_by_task": {"a": 0.5, "b": 1.0, "c": 0.0, "d": 0.5}, "kept": ["a", "d"]}
+    path = report.write(tmp_path, args, before, results, {"SFT": 61.0, "GRPO": 250.0}, 400.0, screening)
     text = path.read_text()
+    assert "GRPO trained on the 2 of 4 tasks it solved sometimes but not always" in text
+    assert "| 0.50 | yes | a, d |" in text and "| 1.00 | no | b |" in text and "| 0.00 | no | c |" in text
     assert "| before GRPO (the SFT model) | 80 | 0.250 ± 0.030 | 0.050 ± 0.040 | 0.200 | 0.500 |" in text
     assert "| after GRPO, seed 1 | 40 | 0.450 ± 0.030 | 0.250 ± 0.040 |" in text
     # pooled over seeds: means 0.40 and 0.20, errors sqrt(2 * (0.03 * 40) ** 2) / 80
@@ -42,4 +45,12 @@ def test_report_has_the_numbers_and_the_plots(tmp_path):
     assert "waiting for the model 2.0 s, per episode: agent work (tools) 3.0 s" in text  # agent seconds exclude it
     for name in ("reward.png", "rates.png", "episodes_per_hour.png", "tool_calls.png", "held_out.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"![{name}]({name})" in text
-    assert json.loads((tmp_path / "results.json").read_text())["total_seconds"] == 400.0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["total_seconds"] == 400.0 and saved["screening"]["kept"] == ["a", "d"]
+
+
+def test_grpo_trains_on_the_tasks_the_sft_model_solves_sometimes():
+    import demo
+
+    assert demo.screen({"a": 0.25, "b": 1.0, "c": 0.0, "d": 0.75}) == ["a", "d"]
+    assert demo.screen({"a": 0.25, "b": 1.0, "c": 0.0}) == ["a", "b", "c"]  # fewer than two: every task

@@ -136,6 +136,16 @@ def test_environment_is_scrubbed(sandbox, monkeypatch):
     assert "sk-secret" not in output and "API_KEY" not in output
 
 
+def test_extra_environment_reaches_commands(workspace):
+    """`env` (the toy suite's `PYTEST_DISABLE_PLUGIN_AUTOLOAD`, via `data.command_env`) is set for every command."""
+    from data import command_env
+
+    with Sandbox(workspace, env=command_env("toy")) as box:
+        assert box.run("echo $PYTEST_DISABLE_PLUGIN_AUTOLOAD").output.strip() == "1"
+    with Sandbox(workspace) as box:
+        assert box.run("echo ${PYTEST_DISABLE_PLUGIN_AUTOLOAD:-unset}").output.strip() == "unset"
+
+
 def test_without_namespaces_the_limits_still_hold(workspace):
     with Sandbox(workspace, limits=Limits(seconds=1, output_bytes=10_000), isolate=False) as box:
         assert box.isolation == "none"

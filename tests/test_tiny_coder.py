@@ -81,12 +81,12 @@ def test_the_shipped_tiny_coder_is_what_the_demo_expects(cache, tmp_path):
     assert (tmp_path / "tokenizer.json").read_text() == (tiny_coder.SHIPPED / "tokenizer.json").read_text()
 
 
-def test_sft_refuses_expert_tasks_that_are_not_in_the_split(cache, tmp_path):
+def test_sft_refuses_tasks_that_are_not_in_the_split(cache, tmp_path):
     import sft
 
     argv = ["--model", "unused", "--trajectories", str(tmp_path / "t.jsonl"), "--output-dir", str(tmp_path / "o"),
             "--cache-dir", str(cache), "--write-expert", str(tmp_path / "t.jsonl"),
-            "--expert-tasks", "toy__calc-1,toy__calc-7,nope"]  # fmt: skip
-    with pytest.raises(SystemExit, match="not in toy train: nope, toy__calc-7"):
+            "--tasks", "toy__calc-1,toy__calc-7,nope"]  # fmt: skip
+    with pytest.raises(SystemExit, match="not in .*toy-suite split 'train': nope, toy__calc-7"):
         sft.main(argv)
     assert not (tmp_path / "t.jsonl").exists()

@@ -32,6 +32,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,8 +173,11 @@ class CodingAgent:
     def __init__(self, config: AgentConfig | None = None):
         self.config = config or AgentConfig()
 
-    def run(self, task: str, workspace: str | Path, client: openai.OpenAI) -> EpisodeResult:
-        """One episode on `task` in the git repository `workspace`, talking to the model through `client`."""
+    def run(
+        self, task: str, workspace: str | Path, client: openai.OpenAI, env: Mapping[str, str] | None = None
+    ) -> EpisodeResult:
+        """One episode on `task` in the git repository `workspace`, talking to the model through `client`; `env`:
+        extra environment variables of its commands."""
         cfg = self.config
         start = time.monotonic()
         model = cfg.model or client.models.list().data[0].id
@@ -184,7 +188,7 @@ class CodingAgent:
         log: list[ToolCall] = []
         budget = _Budget(cfg, start)
         stop, error, turns, prompt_tokens, diff = "", "", 0, 0, None
-        with Sandbox(workspace, limits=Limits(seconds=cfg.command_seconds)) as sandbox:
+        with Sandbox(workspace, limits=Limits(seconds=cfg.command_seconds), env=env) as sandbox:
             while not (stop := budget.exhausted()):
                 try:
                     reply = client.chat.completions.create(
@@ -404,7 +408,7 @@ class RepairAgent:
         client = openai.OpenAI(base_url=base_url, api_key="-", timeout=self.request_timeout, max_retries=0)
         workspace = self.workspaces.checkout(example)
         try:
-            return self.agent.run(example["problem_statement"], workspace, client)
+            return self.agent.run(example["problem_statement"], workspace, client, env=self.workspaces.env)
         finally:
             shutil.rmtree(workspace, ignore_errors=True)
             client.close()

@@ -11,7 +11,8 @@ A task row has `instance_id`, `repo`, `base_commit`, `problem_statement`, `patch
   toy suite into the cache on first use; rows are kept by their `split` column where there is one.
 * `add_task_flags(parser)` / `add_trainer_flags(parser)`: the command-line flags `grpo.py` and `sft.py` share.
 * `Workspaces`: each (repository, commit) is fetched once, as a single-commit shallow fetch, into a local cache;
-  each episode then gets its own cheap copy (`cp --reflink=auto`), removed by whoever asked for it.
+  each episode then gets its own cheap copy (`cp --reflink=auto`), removed by whoever asked for it. It also carries
+  the extra environment of the commands run there (`command_env(source)`).
 
 Not here: the agent, the rewards, how the toy suite is built (`toy_suite.py`).
 """
@@ -59,8 +60,9 @@ def load_tasks(source: str | Path, split: str = "train"):
     return dataset.map(lambda row: {"prompt": task_prompt(row)})
 
 
-def task_dataset(source: str, split: str, cache_dir: str | Path):
-    """The task rows to train or evaluate on; `"toy"` builds the offline toy suite under `cache_dir` on first use."""
+def task_dataset(source: str, split: str, cache_dir: str | Path, tasks: list[str] | None = None):
+    """The task rows to train or evaluate on; `"toy"` builds the offline toy suite under `cache_dir` on first use.
+    `tasks`: keep only these instance ids (ValueError naming any that `split` lacks)."""
     if source == "toy":
         import toy_suite
 
@@ -71,9 +73,23 @@ def task_dataset(source: str, split: str, cache_dir: str | Path):
     dataset = load_tasks(source, split=split)
     if "split" in dataset.column_names:
         dataset = dataset.filter(lambda row: row["split"] == split)
+    if tasks:
+        unknown = sorted(set(tasks) - set(dataset["instance_id"]))
+        if unknown:
+            raise ValueError(f"tasks not in {source} split {split!r}: {', '.join(unknown)}")
+        dataset = dataset.filter(lambda row: row["instance_id"] in set(tasks))
     if len(dataset) == 0:
         raise ValueError(f"no tasks in {source} with split {split!r}")
     return dataset
+
+
+def command_env(source: str) -> dict[str, str]:
+    """Extra environment variables for the commands of `source`'s tasks (`toy`: `toy_suite.COMMAND_ENV`)."""
+    if source == "toy":
+        import toy_suite
+
+        return dict(toy_suite.COMMAND_ENV)
+    return {}
 
 
 def add_task_flags(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +98,11 @@ def add_task_flags(parser: argparse.ArgumentParser) -> None:
     add("--dataset", default="toy", help="'toy', a Hub dataset in SWE-Gym form, or a tasks .jsonl / folder")
     add("--split", default="train", help="Hub split, or value of a `split` column to keep")
     add("--cache-dir", default=os.path.expanduser("~/.cache/trl-agents/code_repair"), help="repositories cache")
+    add("--tasks", type=_ids, default=None, help="comma-separated instance ids: only these tasks of the split")
+
+
+def _ids(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def add_trainer_flags(parser: argparse.ArgumentParser) -> None:
@@ -146,9 +167,18 @@ class Workspaces:
             checkout makes concurrent fetches safe).
         work_dir: Where episode copies go (default: the system temp folder).
         fetch_timeout: Seconds one fetch may take.
+        env: Extra environment variables of the commands run in these workspaces (the agent's tools and the
+            tests-pass check pass them to `sandbox.Sandbox`); `command_env(source)` gives a dataset's.
     """
 
-    def __init__(self, cache_dir: str | Path, work_dir: str | Path | None = None, fetch_timeout: float = 600):
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        work_dir: str | Path | None = None,
+        fetch_timeout: float = 600,
+        env: dict[str, str] | None = None,
+    ):
+        self.env = dict(env or {})
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.work_dir = Path(work_dir or tempfile.gettempdir())

@@ -6,16 +6,18 @@
 2. expert trajectories with the scripted model (`scripted_model.py`; from the tiny coder, for the 10 training tasks
    it was pre-trained on), then SFT through the masking collator (`sft.py`);
 3. `trl vllm-serve-async` on the SFT model;
-4. held-out evaluation of the SFT model (once: every seed starts from it); then per seed: GRPO with the coding
-   agent, diff and tests-pass rewards and a weight sync after every step (`grpo.py`, one process or under
-   `accelerate launch`), and the held-out evaluation again, same sampling settings (every episode kept in
-   `episodes/`);
+4. held-out evaluation of the SFT model (once: every seed starts from it); screening of the training tasks (the SFT
+   model on each: GRPO keeps those it solves sometimes but not always, the only ones whose groups have an advantage);
+   then per seed: GRPO with the coding agent, diff and tests-pass rewards and a weight sync after every step
+   (`grpo.py`, one process or under `accelerate launch`), and the held-out evaluation again, same sampling settings
+   (every episode kept in `episodes/`);
 5. `report.md` (settings, seeds, before/after table with standard errors, per-task table, time split) and PNG plots
    next to `metrics*.jsonl`.
 
 Not here: anything the scripts it calls do (see them). Ctrl-C stops every child process (server, trainer).
 
-Usage (defaults: the tiny coder, the toy suite, seeds 0,1,2, 8 GRPO steps each, temperature 1.3):
+Usage (defaults: the tiny coder, the toy suite, seeds 0,1,2, 8 GRPO steps of 16 episodes (2 tasks x 8) each,
+temperature 1.3):
 
     python examples/code_repair/demo.py [--run-name NAME] [--seeds 0,1,2] [--grpo-steps 8]
         [--model tiny-coder|tiny|PATH_OR_HUB_NAME] [--dataset SWE-Gym/SWE-Gym-Lite] [--accelerate-config FILE]
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -40,7 +43,7 @@ from typing import Any
 
 import report
 from agent import AgentConfig, RepairAgent
-from data import Workspaces, task_dataset
+from data import Workspaces, command_env, task_dataset
 from rewards import TestsPassReward, unified_diff_similarity
 
 from trl.agents import ServerError
@@ -91,11 +94,23 @@ def run_child(argv: list[str], log: Path) -> None:
         raise RuntimeError(f"{' '.join(argv[:3])} ... failed (exit {code}); see {log}")
 
 
-def evaluate(rows, client, workspaces, config: AgentConfig, samples: int, tag: str, keep: Path) -> dict:
-    """The agent on each held-out task `samples` times: mean diff similarity, solved (tests pass), non-empty. Every
-    episode (scores, stop reason, diff, messages) is written to `keep` (JSONL)."""
+def evaluate(
+    rows,
+    samples: int,
+    tag: str,
+    keep: Path,
+    *,
+    client,
+    workspaces,
+    config: AgentConfig,
+    concurrency: int = 8,
+    test_seconds: float = 60,
+) -> dict:
+    """The agent on each task of `rows` `samples` times: mean diff similarity, solved (tests pass), non-empty, with
+    standard errors, and the solved rate per task. Every episode (scores, stop reason, diff, messages) is written to
+    `keep` (JSONL)."""
     agent = RepairAgent(workspaces, config, request_timeout=120)
-    tests_pass = TestsPassReward(workspaces, seconds=60)
+    tests_pass = TestsPassReward(workspaces, seconds=test_seconds)
     jobs = [(row, f"{tag}-{i}-{k}") for i, row in enumerate(rows) for k in range(samples)]
 
     def one(job):
@@ -123,7 +138,7 @@ def evaluate(rows, client, workspaces, config: AgentConfig, samples: int, tag: s
             "messages": result.messages,
         }
 
-    with ThreadPoolExecutor(8) as pool:
+    with ThreadPoolExecutor(concurrency) as pool:
         episodes = list(pool.map(one, jobs))
     for e in episodes:
         e["reward"] = e["similarity"] + e["solved"]  # the GRPO reward: similarity + tests, weight 1 each
@@ -141,6 +156,14 @@ def evaluate(rows, client, workspaces, config: AgentConfig, samples: int, tag: s
         for task in sorted({e["instance_id"] for e in episodes})
     }
     return summary
+
+
+def screen(solved_by_task: dict[str, float]) -> list[str]:
+    """The training tasks GRPO learns from: those the SFT model solved sometimes but not always. A task it always or
+    never solves gives every episode of a group the same reward, hence no advantage and no gradient. All tasks when
+    fewer than two qualify."""
+    kept = [task for task, rate in solved_by_task.items() if 0 < rate < 1]
+    return kept if len(kept) >= 2 else list(solved_by_task)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -164,16 +187,21 @@ def parser() -> argparse.ArgumentParser:
     add("--sft-steps", type=int, default=None, help="default: 10 from the tiny coder, else 120")
     add("--sft-learning-rate", type=float, default=None, help="default: 1e-4 from the tiny coder, else 3e-3")
     add("--grpo-steps", type=int, default=8)
-    add("--grpo-learning-rate", type=float, default=3e-4)
-    add("--num-generations", type=int, default=4)
-    add("--batch-size", type=int, default=8, help="episodes per GRPO step")
-    add("--eval-samples", type=int, default=3, help="episodes per held-out task after GRPO, per seed")
+    add("--grpo-learning-rate", type=float, default=2e-4)
+    add("--num-generations", type=int, default=8)
+    add("--batch-size", type=int, default=16, help="episodes per GRPO step")
+    add("--screen-samples", type=int, default=4, help="episodes per training task to find the tasks the SFT model "
+        "solves sometimes but not always: GRPO trains on those (0: on every training task)")  # fmt: skip
+    add("--eval-samples", type=int, default=6, help="episodes per held-out task after GRPO, per seed")
     add(
         "--before-samples",
         type=int,
-        default=4,
+        default=8,
         help="episodes per held-out task before GRPO (once: every seed starts from the same SFT model)",
     )
+    add("--concurrency", type=int, default=16, help="agent episodes at once (GRPO rollouts and evaluation)")
+    add("--test-seconds", type=float, default=10, help="deadline of one tests-pass check (toy tests take 0.2 s; "
+        "a patch that makes them loop forever costs this much)")  # fmt: skip
     add("--temperature", type=float, default=1.3, help="sampling temperature, training and evaluation alike")
     add("--tool-limit", type=int, default=6)
     add("--token-limit", type=int, default=600)
@@ -213,14 +241,14 @@ def main(argv: list[str] | None = None) -> Path:
                    "--trajectories", str(run / "expert.jsonl"), "--output-dir", str(sft_dir),
                    "--max-steps", str(sft_steps), "--learning-rate", str(sft_lr),
                    "--per-device-train-batch-size", "8", "--num-train-epochs", "1000", "--use-cpu",
-                   *(["--expert-tasks", expert_tasks] if expert_tasks else [])],
+                   *(["--tasks", expert_tasks] if expert_tasks else [])],
                   run / "logs" / "sft.log")  # fmt: skip
 
     from trl.agents import ServerClient
     from trl.agents.server.process import ServeAsyncProcess
 
     eval_rows = list(task_dataset(args.dataset, args.eval_split, args.cache_dir))
-    workspaces = Workspaces(args.cache_dir)
+    workspaces = Workspaces(args.cache_dir, env=command_env(args.dataset))
     token = os.urandom(8).hex()
     server = ServeAsyncProcess(
         str(sft_dir), name="vllm-serve-async", log_path=run / "logs" / "server.log", startup_timeout=600,
@@ -235,9 +263,18 @@ def main(argv: list[str] | None = None) -> Path:
         with timer.phase("start trl vllm-serve-async"):
             stack.enter_context(server)
         client = stack.enter_context(ServerClient(server.url, api_token=token, timeout=300))
+        run_eval = functools.partial(evaluate, client=client, workspaces=workspaces, config=agent_config,
+                                     concurrency=args.concurrency, test_seconds=args.test_seconds)  # fmt: skip
         with timer.phase("held-out evaluation before GRPO (the SFT model, shared by every seed)"):
-            before = evaluate(eval_rows, client, workspaces, agent_config, args.before_samples, "pre",
-                              run / "episodes" / "held-out-before.jsonl")  # fmt: skip
+            before = run_eval(eval_rows, args.before_samples, "pre", run / "episodes" / "held-out-before.jsonl")
+        screening = None
+        if args.screen_samples:
+            with timer.phase("screening the training tasks (the SFT model on each; GRPO keeps the mixed ones)"):
+                train_rows = list(task_dataset(args.dataset, "train", args.cache_dir))
+                found = run_eval(train_rows, args.screen_samples, "screen", run / "episodes" / "screening.jsonl")
+                screening = {"samples": args.screen_samples, "solved_by_task": found["solved_by_task"],
+                             "kept": screen(found["solved_by_task"])}  # fmt: skip
+                print(f"    GRPO trains on {len(screening['kept'])} of {len(train_rows)} training tasks")
         for seed in seeds:
             metrics = run / f"metrics-seed{seed}.jsonl" if len(seeds) > 1 else run / "metrics.jsonl"
             metrics.unlink(missing_ok=True)
@@ -252,19 +289,22 @@ def main(argv: list[str] | None = None) -> Path:
                              "--learning-rate", str(args.grpo_learning_rate), "--seed", str(seed),
                              "--tool-limit", str(args.tool_limit), "--token-limit", str(args.token_limit),
                              "--response-limit", str(args.response_limit), "--time-limit", "60",
+                             "--test-seconds", str(args.test_seconds),
                              "--temperature", str(args.temperature), "--max-completion-length", "4096",
-                             "--max-concurrency", "8", "--use-cpu"]  # fmt: skip
+                             "--max-concurrency", str(args.concurrency), "--use-cpu"]  # fmt: skip
+                if screening:
+                    grpo_argv += ["--tasks", ",".join(screening["kept"])]
                 if args.fuzzy_match is not None:
                     grpo_argv += ["--fuzzy-match", str(args.fuzzy_match)]
                 launcher = [py, "-m", "accelerate.commands.launch", "--config_file", args.accelerate_config] \
                     if args.accelerate_config else [py]  # fmt: skip
                 run_child([*launcher, *grpo_argv], run / "logs" / f"grpo-seed{seed}.log")
             with timer.phase(f"seed {seed}: held-out evaluation after GRPO"):
-                after = evaluate(eval_rows, client, workspaces, agent_config, args.eval_samples, f"post{seed}",
-                                 run / "episodes" / f"held-out-after-seed{seed}.jsonl")  # fmt: skip
+                keep = run / "episodes" / f"held-out-after-seed{seed}.jsonl"
+                after = run_eval(eval_rows, args.eval_samples, f"post{seed}", keep)
             results[seed] = {"after": after, "metrics": str(metrics.name)}
 
-    report.write(run, args, before, results, timer.phases, time.monotonic() - timer.start)
+    report.write(run, args, before, results, timer.phases, time.monotonic() - timer.start, screening)
     print(f"\n==> done in {time.monotonic() - timer.start:.0f} s: {run / 'report.md'}")
     return run
 

@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from data import Workspaces, add_task_flags, add_trainer_flags, task_dataset
+from data import Workspaces, add_task_flags, add_trainer_flags, command_env, task_dataset
 from rewards import TestsPassReward, diff_similarity_reward, exact_patch_reward, non_empty_patch_reward
 from transformers import TrainerCallback
 
@@ -145,8 +145,8 @@ def build_trainer(args, dataset=None, model=None, callbacks=()):
     from trl import GRPOConfig, GRPOTrainer
     from trl.agents import AgentRollout, ReplayRollout, ServerClient, WeightSyncCallback
 
-    dataset = dataset if dataset is not None else task_dataset(args.dataset, args.split, args.cache_dir)
-    workspaces = Workspaces(args.cache_dir)
+    dataset = dataset if dataset is not None else task_dataset(args.dataset, args.split, args.cache_dir, args.tasks)
+    workspaces = Workspaces(args.cache_dir, env=command_env(args.dataset))
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     if model is None:
         dtype = torch.bfloat16 if args.bf16 else torch.float32

@@ -188,6 +188,26 @@ def pooled(summaries: list[dict[str, Any]], key: str) -> tuple[float, float]:
     return value, sqrt(sum((s[f"{key}_se"] * s["episodes"]) ** 2 for s in summaries)) / n
 
 
+def screening_section(screening: dict | None) -> list[str]:
+    """Which training tasks GRPO trained on, and why."""
+    if not screening:
+        return ["GRPO trained on every training task (no screening).", ""]
+    rates, kept = screening["solved_by_task"], set(screening["kept"])
+    by_rate = {rate: [t for t in sorted(rates) if rates[t] == rate] for rate in sorted(set(rates.values()))}
+    return [
+        "## GRPO training tasks",
+        "",
+        f"The SFT model ran {screening['samples']} episodes on each training task first. GRPO trained on the "
+        f"{len(kept)} of {len(rates)} tasks it solved sometimes but not always (a task always or never solved gives "
+        "every episode of a group the same reward, so no gradient).",
+        "",
+        "| solved rate | GRPO trains on them | tasks |",
+        "|---|---|---|",
+        *[f"| {r:.2f} | {'yes' if set(ts) <= kept else 'no'} | {', '.join(ts)} |" for r, ts in by_rate.items()],
+        "",
+    ]
+
+
 def held_out_section(args, before: dict, results: dict[int, dict]) -> list[str]:
     """The before/after table (pooled over seeds, with the change GRPO made and its standard error) and the solved
     rate per task."""
@@ -249,9 +269,18 @@ def held_out_section(args, before: dict, results: dict[int, dict]) -> list[str]:
     return lines
 
 
-def write(run: Path, args, before: dict, results: dict[int, dict], phases: dict[str, float], total: float) -> Path:
+def write(
+    run: Path,
+    args,
+    before: dict,
+    results: dict[int, dict],
+    phases: dict[str, float],
+    total: float,
+    screening: dict | None = None,
+) -> Path:
     """Write `report.md` (and the plots) into `run`. `before`: the held-out evaluation of the SFT model; `results`:
-    per seed, the held-out evaluation after GRPO (`after`) and the metrics file name."""
+    per seed, the held-out evaluation after GRPO (`after`) and the metrics file name; `screening`: the training tasks
+    GRPO kept (`kept`) from the SFT model's solved rate on each (`solved_by_task`, `samples` episodes each)."""
     metrics = {s: load_metrics(run / r["metrics"]) for s, r in results.items()}
     pictures = plots(run, metrics, before, results)
     lines = [
@@ -269,6 +298,7 @@ def write(run: Path, args, before: dict, results: dict[int, dict], phases: dict[
         "",
         f"Seeds: {', '.join(map(str, sorted(results)))} (GRPO seed; all seeds start from the same SFT model).",
         "",
+        *screening_section(screening),
         *held_out_section(args, before, results),
         "## Time",
         "",
@@ -286,6 +316,9 @@ def write(run: Path, args, before: dict, results: dict[int, dict], phases: dict[
     path = run / "report.md"
     path.write_text("\n".join(lines))
     (run / "results.json").write_text(
-        json.dumps({"before": before, "results": results, "phases": phases, "total_seconds": total}, indent=1)
+        json.dumps(
+            {"before": before, "screening": screening, "results": results, "phases": phases, "total_seconds": total},
+            indent=1,
+        )
     )
     return path

@@ -209,7 +209,7 @@ class TestsPassReward:
             return 0.0
         workspace = self.workspaces.checkout(row)
         try:
-            with Sandbox(workspace, limits=Limits(seconds=self.seconds)) as box:
+            with Sandbox(workspace, limits=Limits(seconds=self.seconds), env=self.workspaces.env) as box:
                 patches = {"agent.diff": diff, "tests.diff": row.get("test_patch") or ""}
                 for name, text in patches.items():
                     (box.scratch / name).write_text(text if text.endswith("\n") else text + "\n")

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,9 +155,18 @@ class Sandbox:
         limits: Per-command limits.
         isolate: Use namespaces where available (True), or never (False; tests of the fallback).
         path: Extra directories put first on `PATH` (default: this Python's `bin`, so `python -m pytest` works).
+        env: Extra environment variables of every command (over the defaults below).
     """
 
-    def __init__(self, workspace: str | Path, *, limits: Limits | None = None, isolate: bool = True, path=None):
+    def __init__(
+        self,
+        workspace: str | Path,
+        *,
+        limits: Limits | None = None,
+        isolate: bool = True,
+        path=None,
+        env: Mapping[str, str] | None = None,
+    ):
         self.workspace = Path(workspace).resolve(strict=True)
         self.limits = limits or Limits()
         self.isolation = "namespaces" if isolate and namespaces_available() else "none"
@@ -173,6 +183,7 @@ class Sandbox:
             "GIT_CONFIG_NOSYSTEM": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),
         }
 
     def run(self, command: str, *, seconds: float | None = None) -> CommandResult:

@@ -5,7 +5,7 @@ results or template tokens).
 Trajectories are JSONL rows of conversations (`messages`, `tools`, `reward`, `instance_id`: what
 `--write-expert` writes) or recorded gateway segments (`token_ids`, `mask`). `--min-reward` and `--top-k` keep the
 best episodes per task (`trl.agents.filter_by_reward`). `--write-expert` first runs the real agent with the scripted
-expert (`scripted_model.py`) on the task rows (`--expert-tasks` names some) and keeps the episodes whose tests pass:
+expert (`scripted_model.py`) on the task rows (`--tasks` names some) and keeps the episodes whose tests pass:
 demonstrations for the toy suite without any model.
 
 Setup: `pip install trl-agents`. Usage:
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import TOOLS, AgentConfig, RepairAgent
-from data import Workspaces, add_task_flags, add_trainer_flags, task_dataset
+from data import Workspaces, add_task_flags, add_trainer_flags, command_env, task_dataset
 from rewards import TestsPassReward
 from scripted_model import ScriptedModel
 
@@ -117,7 +117,6 @@ def parser() -> argparse.ArgumentParser:
     add("--trajectories", required=True, help="JSONL of conversations or recorded segments")
     add("--output-dir", required=True)
     add("--write-expert", type=Path, help="first write scripted-expert trajectories for --dataset to this file")
-    add("--expert-tasks", default=None, help="comma-separated instance ids the expert demonstrates (default: all)")
     add_task_flags(p)
     add("--min-reward", type=float, default=1.0, help="keep trajectories with at least this reward")
     add("--top-k", type=int, default=None, help="keep at most this many trajectories per task")
@@ -130,14 +129,13 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if args.write_expert:
-        rows = list(task_dataset(args.dataset, args.split, args.cache_dir))
-        if args.expert_tasks:
-            wanted = args.expert_tasks.split(",")
-            unknown = sorted(set(wanted) - {row["instance_id"] for row in rows})
-            if unknown:
-                raise SystemExit(f"--expert-tasks: not in {args.dataset} {args.split}: {', '.join(unknown)}")
-            rows = [row for row in rows if row["instance_id"] in wanted]
-        episodes = write_expert_trajectories(rows, Workspaces(args.cache_dir), args.write_expert)
+        try:
+            rows = list(task_dataset(args.dataset, args.split, args.cache_dir, args.tasks))
+        except ValueError as exc:
+            raise SystemExit(f"--tasks: {exc}") from None
+        episodes = write_expert_trajectories(
+            rows, Workspaces(args.cache_dir, env=command_env(args.dataset)), args.write_expert
+        )
         solved = sum(e["reward"] == 1.0 for e in episodes)
         print(f"wrote {len(episodes)} expert trajectories ({solved} pass their tests) to {args.write_expert}")
     trainer = train(args)

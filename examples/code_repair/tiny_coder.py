@@ -173,7 +173,7 @@ def make_data(out: Path, synthetic: int = 5800, probes: int = 60, seed: int = 0,
     `synthetic`); see the module docstring."""
     import torch
     from agent import TOOLS
-    from data import Workspaces, task_dataset
+    from data import Workspaces, command_env, task_dataset
     from sft import write_expert_trajectories
     from transformers import AutoTokenizer
 
@@ -184,7 +184,7 @@ def make_data(out: Path, synthetic: int = 5800, probes: int = 60, seed: int = 0,
     tokenizer = AutoTokenizer.from_pretrained(build(out / "tiny", TinyModelConfig(**SHAPE)))
     collator = DataCollatorForAgentTrajectories(tokenizer=tokenizer, max_length=4096)
     cache = Path(cache_dir or "~/.cache/trl-agents/code_repair").expanduser()
-    workspaces = Workspaces(cache)
+    workspaces = Workspaces(cache, env=command_env("toy"))
     train_rows, test_rows = list(task_dataset("toy", "train", cache)), list(task_dataset("toy", "test", cache))
     missing = set(SEEN_TASKS) - {r["instance_id"] for r in train_rows}
     if missing:
