@@ -208,6 +208,22 @@ def test_agent_against_the_random_model_ends_every_episode_within_its_limits(
     assert overflow.stop_reason == "context_exhausted" and "context" in overflow.error.lower()
 
 
+def test_seeded_episodes_repeat_and_unseeded_ones_vary(client, tiny_model_dir, tasks, workspaces):
+    """The demo's paired evaluation: an episode seeded the same way samples the same replies, through the gateway."""
+    config = AgentConfig(model=tiny_model_dir, tool_limit=3, token_limit=120, response_limit=40, temperature=1.3)
+    agent = RepairAgent(workspaces, config, request_timeout=60)
+    row = list(tasks)[0]
+
+    def replies(sid, seed):
+        result = agent.episode(row, client.session_url(sid), seed=seed)
+        client.close_session(sid)
+        return [json.dumps(m, sort_keys=True) for m in result.messages if m["role"] == "assistant"]
+
+    first, again, other = replies("seeded-a", 7), replies("seeded-b", 7), replies("seeded-c", 8)
+    assert first and first == again
+    assert other != first
+
+
 def test_agent_command_line(suite, tasks, tmp_path):
     row = tasks[0]
     repo = tmp_path / "repo"

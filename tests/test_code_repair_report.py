@@ -21,10 +21,12 @@ def test_report_has_the_numbers_and_the_plots(tmp_path):
         (tmp_path / f"metrics-seed{seed}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     before = {"reward": 0.25, "similarity": 0.2, "solved": 0.05, "non_empty": 0.5, "episodes": 80, "reward_se": 0.03,
               "solved_se": 0.04, "similarity_se": 0.02, "non_empty_se": 0.05, "failed_episodes": 0,
-              "solved_by_task": {"t1": 0.1, "t2": 0.0}}  # fmt: skip
+              "solved_by_task": {"t1": 0.1, "t2": 0.0},
+              "by_episode": {"t1#0": [1.0, 0.0], "t1#1": [2.0, 1.0], "t2#0": [0.0, 0.0], "t2#1": [0.5, 0.0]}}  # fmt: skip
     results = {
         s: {"after": {**before, "episodes": 40, "solved": 0.15 + s / 10, "reward": 0.35 + s / 10,
-                      "solved_by_task": {"t1": 0.3, "t2": s / 10}},
+                      "solved_by_task": {"t1": 0.3, "t2": s / 10},
+                      "by_episode": {"t1#0": [2.0, 1.0], "t1#1": [2.0, 1.0], "t2#0": [float(s), 0.0]}},
             "metrics": f"metrics-seed{s}.jsonl"}
         for s in (0, 1)
     }  # fmt: skip
@@ -40,6 +42,8 @@ def test_report_has_the_numbers_and_the_plots(tmp_path):
     assert "| after GRPO, all seeds | 80 | 0.400 ± 0.021 | 0.200 ± 0.028 |" in text
     assert "reward +0.150 ± 0.037; solved +0.150 ± 0.049. Seeds whose held-out reward rose: 2 of 2." in text
     assert "| t2 | 0.00 | 0.00 | 0.10 |" in text
+    # pairs t1#0, t1#1, t2#0 (t2#1 was not evaluated after); reward diffs 1.0, 0.0, 0.5 (mean of seeds 0 and 1)
+    assert "over the 3 (task, sample) pairs" in text and "reward +0.500 ± 0.289; solved +0.333 ± 0.333." in text
     assert "| SFT | 61 |" in text and "Total 400 s." in text
     assert "rollouts 24.0 s, weight sync 0.8 s, training 15.2 s" in text  # 4 steps of 10 s: 6 rollout, 0.2 sync
     assert "waiting for the model 2.0 s, per episode: agent work (tools) 3.0 s" in text  # agent seconds exclude it

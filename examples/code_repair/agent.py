@@ -174,10 +174,16 @@ class CodingAgent:
         self.config = config or AgentConfig()
 
     def run(
-        self, task: str, workspace: str | Path, client: openai.OpenAI, env: Mapping[str, str] | None = None
+        self,
+        task: str,
+        workspace: str | Path,
+        client: openai.OpenAI,
+        env: Mapping[str, str] | None = None,
+        seed: int | None = None,
     ) -> EpisodeResult:
         """One episode on `task` in the git repository `workspace`, talking to the model through `client`; `env`:
-        extra environment variables of its commands."""
+        extra environment variables of its commands; `seed`: sample reply n with seed `seed + n` (the same seeds
+        give two policies the same random numbers: paired evaluations), None: unseeded."""
         cfg = self.config
         start = time.monotonic()
         model = cfg.model or client.models.list().data[0].id
@@ -200,6 +206,7 @@ class CodingAgent:
                         top_p=cfg.top_p,
                         timeout=budget.seconds_left(),
                         extra_body=cfg.extra_body or None,
+                        seed=None if seed is None else seed + turns,
                     )
                 except openai.BadRequestError as e:  # the context is full (or the request was refused): stop here
                     stop, error = "context_exhausted", _server_message(e)
@@ -403,12 +410,13 @@ class RepairAgent:
     def __call__(self, example: dict[str, Any], base_url: str) -> dict[str, Any]:
         return self.episode(example, base_url).reward_kwargs()
 
-    def episode(self, example: dict[str, Any], base_url: str) -> EpisodeResult:
-        """One episode on the row `example` against the model at `base_url`, in a workspace of its own."""
+    def episode(self, example: dict[str, Any], base_url: str, seed: int | None = None) -> EpisodeResult:
+        """One episode on the row `example` against the model at `base_url`, in a workspace of its own (`seed`: see
+        `CodingAgent.run`)."""
         client = openai.OpenAI(base_url=base_url, api_key="-", timeout=self.request_timeout, max_retries=0)
         workspace = self.workspaces.checkout(example)
         try:
-            return self.agent.run(example["problem_statement"], workspace, client, env=self.workspaces.env)
+            return self.agent.run(example["problem_statement"], workspace, client, env=self.workspaces.env, seed=seed)
         finally:
             shutil.rmtree(workspace, ignore_errors=True)
             client.close()

@@ -107,20 +107,24 @@ def evaluate(
     test_seconds: float = 60,
 ) -> dict:
     """The agent on each task of `rows` `samples` times: mean diff similarity, solved (tests pass), non-empty, with
-    standard errors, and the solved rate per task. Every episode (scores, stop reason, diff, messages) is written to
-    `keep` (JSONL)."""
+    standard errors, and the solved rate per task. Episode k of the i-th task samples with seed 1000 i + k in every
+    evaluation of `rows`, so two evaluations pair up episode by episode (`by_episode`: reward and solved per
+    `task#k`; `report.paired_change`). Every episode (scores, stop reason, diff, messages) is written to `keep`
+    (JSONL)."""
     agent = RepairAgent(workspaces, config, request_timeout=120)
     tests_pass = TestsPassReward(workspaces, seconds=test_seconds)
-    jobs = [(row, f"{tag}-{i}-{k}") for i, row in enumerate(rows) for k in range(samples)]
+    jobs = [(row, i, k) for i, row in enumerate(rows) for k in range(samples)]
 
     def one(job):
-        row, sid = job
+        row, i, k = job
+        sid = f"{tag}-{i}-{k}"
         try:
-            result = agent.episode(row, client.session_url(sid))
+            result = agent.episode(row, client.session_url(sid), seed=1000 * i + k)
         except Exception as exc:  # counted as a failed episode (score 0), never silently dropped
             print(f"    {sid}: episode failed: {type(exc).__name__}: {exc}", flush=True)
-            return {"instance_id": row["instance_id"], "similarity": 0.0, "solved": 0.0, "non_empty": 0.0,
-                    "stop_reason": "error", "failed": 1.0, "error": f"{type(exc).__name__}: {exc}"}  # fmt: skip
+            return {"instance_id": row["instance_id"], "sample": k, "similarity": 0.0, "solved": 0.0,
+                    "non_empty": 0.0, "stop_reason": "error", "failed": 1.0,
+                    "error": f"{type(exc).__name__}: {exc}"}  # fmt: skip
         finally:
             try:
                 client.close_session(sid)
@@ -129,6 +133,7 @@ def evaluate(
                     raise
         return {
             "instance_id": row["instance_id"],
+            "sample": k,
             "similarity": unified_diff_similarity(result.diff, row["patch"]),
             "solved": tests_pass.score(row, result.diff),
             "non_empty": float(bool(result.diff.strip())),
@@ -151,6 +156,7 @@ def evaluate(
     summary["failed_episodes"] = sum(e["failed"] for e in episodes)
     summary["episodes"] = len(episodes)
     print(f"    {tag}: " + ", ".join(f"{k} {summary[k]:.3f}" for k in (*report.HELD_OUT_KEYS, "episodes")), flush=True)
+    summary["by_episode"] = {f"{e['instance_id']}#{e['sample']}": [e["reward"], e["solved"]] for e in episodes}
     summary["solved_by_task"] = {
         task: mean(e["solved"] for e in episodes if e["instance_id"] == task)
         for task in sorted({e["instance_id"] for e in episodes})
@@ -190,13 +196,13 @@ def parser() -> argparse.ArgumentParser:
     add("--grpo-learning-rate", type=float, default=2e-4)
     add("--num-generations", type=int, default=8)
     add("--batch-size", type=int, default=16, help="episodes per GRPO step")
-    add("--screen-samples", type=int, default=4, help="episodes per training task to find the tasks the SFT model "
+    add("--screen-samples", type=int, default=3, help="episodes per training task to find the tasks the SFT model "
         "solves sometimes but not always: GRPO trains on those (0: on every training task)")  # fmt: skip
     add("--eval-samples", type=int, default=6, help="episodes per held-out task after GRPO, per seed")
     add(
         "--before-samples",
         type=int,
-        default=8,
+        default=6,
         help="episodes per held-out task before GRPO (once: every seed starts from the same SFT model)",
     )
     add("--concurrency", type=int, default=16, help="agent episodes at once (GRPO rollouts and evaluation)")

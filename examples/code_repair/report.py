@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from math import sqrt
 from pathlib import Path
-from statistics import mean
+from statistics import mean, stdev
 from typing import Any
 
 
@@ -103,7 +103,8 @@ def plots(run: Path, metrics: dict[int, list[dict]], before: dict, results: dict
     panels += [
         (key.split("/")[1].removesuffix("_reward").replace("_", " ") + " (max 1)", key, 1.0) for key in reward_keys
     ]
-    _seed_panels(run / "reward.png", "Training reward per GRPO step", "mean over the step's episodes", panels, metrics)
+    title = "Training reward per GRPO step (each step draws other tasks: the curve moves with their difficulty)"
+    _seed_panels(run / "reward.png", title, "mean over the step's episodes", panels, metrics)
     names.append("reward.png")
     panels = [
         ("non-empty patch", "non_empty_rate", 1.0),
@@ -124,7 +125,7 @@ def plots(run: Path, metrics: dict[int, list[dict]], before: dict, results: dict
     seed, rows = next(iter(metrics.items()))
     kinds = sorted({k for r in rows for k in r if k.startswith("shell_cmd_")})
     tools = sorted({k for r in rows for k in r if k.startswith("agent/tool_calls/")})
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4))
     bottom = [0.0] * len(rows)
     steps = [r["step"] for r in rows]
     for key in kinds:
@@ -140,8 +141,8 @@ def plots(run: Path, metrics: dict[int, list[dict]], before: dict, results: dict
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_title(f"Tool calls per step (seed {seed}): shell by command, other tools hatched", fontsize=10)
     _steps_axis(ax)
-    ax.set_ylabel("calls in the step's episodes")
-    ax.legend(fontsize=7, ncol=2)
+    ax.set_ylabel("calls in the step's episodes\n(a pipeline counts each command)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     fig.tight_layout()
     fig.savefig(run / "tool_calls.png", dpi=110)
     plt.close(fig)
@@ -208,6 +209,18 @@ def screening_section(screening: dict | None) -> list[str]:
     ]
 
 
+def paired_change(before: dict, afters: list[dict]) -> dict:
+    """The change GRPO made, pair by pair: for each `task#k` every evaluation has, the mean over seeds of its reward
+    (and solved) after GRPO minus before; their mean, standard error and count."""
+    keys = sorted(set(before["by_episode"]).intersection(*(a["by_episode"] for a in afters)))
+    out: dict[str, float] = {"pairs": len(keys)}
+    for index, name in enumerate(("reward", "solved")):
+        diffs = [mean(a["by_episode"][k][index] for a in afters) - before["by_episode"][k][index] for k in keys]
+        out[name] = mean(diffs) if diffs else 0.0
+        out[f"{name}_se"] = stdev(diffs) / sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+    return out
+
+
 def held_out_section(args, before: dict, results: dict[int, dict]) -> list[str]:
     """The before/after table (pooled over seeds, with the change GRPO made and its standard error) and the solved
     rate per task."""
@@ -244,10 +257,17 @@ def held_out_section(args, before: dict, results: dict[int, dict]) -> list[str]:
         (b, b_se), (a, a_se) = pooled([before], key), pooled(afters, key)
         change.append(f"{key} {a - b:+.3f} ± {sqrt(a_se**2 + b_se**2):.3f}")
     rose = sum(a["reward"] > before["reward"] for a in afters)
+    paired = paired_change(before, afters)
     lines += [
         "",
         f"**Change from GRPO** (after, all seeds, minus before): {'; '.join(change)}. Seeds whose held-out reward "
         f"rose: {rose} of {len(afters)}.",
+        "",
+        f"**Paired change** over the {paired['pairs']} (task, sample) pairs evaluated before and after (episode k of "
+        "a task samples every reply with the same seed in every evaluation, so a pair differs only where the policy "
+        "changed; per pair, the mean over seeds minus before): "
+        + "; ".join(f"{k} {paired[k]:+.3f} ± {paired[f'{k}_se']:.3f}" for k in ("reward", "solved"))
+        + ".",
         "",
         "`reward` = diff similarity + tests pass (the GRPO reward, both weight 1); `solved` = share of episodes whose "
         "hidden tests pass; `non-empty` = share with a non-empty patch. Failed evaluation episodes (counted as 0): "
