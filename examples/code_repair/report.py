@@ -162,7 +162,11 @@ def plots(run: Path, metrics: dict[int, list[dict]], before: dict, results: dict
         ax.set_xticks(range(len(values)), labels, fontsize=8)
         ax.set_title(f"Held-out {label}", fontsize=10)
         ax.set_ylim(0, 2 if key == "reward" else 1)
-    fig.suptitle("Held-out tasks before and after GRPO (bars: one standard error)", fontsize=9)
+    fig.suptitle(
+        "Held-out tasks before and after GRPO (bars: one standard error over episodes; the paired change, with its "
+        "smaller error, is in report.md)",
+        fontsize=8,
+    )
     fig.tight_layout()
     fig.savefig(run / "held_out.png", dpi=110)
     plt.close(fig)
