@@ -22,11 +22,13 @@ def test_report_has_the_numbers_and_the_plots(tmp_path):
     before = {"reward": 0.25, "similarity": 0.2, "solved": 0.05, "non_empty": 0.5, "episodes": 80, "reward_se": 0.03,
               "solved_se": 0.04, "similarity_se": 0.02, "non_empty_se": 0.05, "failed_episodes": 0,
               "solved_by_task": {"t1": 0.1, "t2": 0.0},
-              "by_episode": {"t1#0": [1.0, 0.0], "t1#1": [2.0, 1.0], "t2#0": [0.0, 0.0], "t2#1": [0.5, 0.0]}}  # fmt: skip
+              "by_episode": {k: {"reward": r, "solved": s} for k, r, s in
+                             [("t1#0", 1.0, 0.0), ("t1#1", 2.0, 1.0), ("t2#0", 0.0, 0.0), ("t2#1", 0.5, 0.0)]}}  # fmt: skip
     results = {
         s: {"after": {**before, "episodes": 40, "solved": 0.15 + s / 10, "reward": 0.35 + s / 10,
                       "solved_by_task": {"t1": 0.3, "t2": s / 10},
-                      "by_episode": {"t1#0": [2.0, 1.0], "t1#1": [2.0, 1.0], "t2#0": [float(s), 0.0]}},
+                      "by_episode": {"t1#0": {"reward": 2.0, "solved": 1.0}, "t1#1": {"reward": 2.0, "solved": 1.0},
+                                     "t2#0": {"reward": float(s), "solved": 0.0}}},
             "metrics": f"metrics-seed{s}.jsonl"}
         for s in (0, 1)
     }  # fmt: skip

@@ -74,10 +74,11 @@ def task_dataset(source: str, split: str, cache_dir: str | Path, tasks: list[str
     if "split" in dataset.column_names:
         dataset = dataset.filter(lambda row: row["split"] == split)
     if tasks:
-        unknown = sorted(set(tasks) - set(dataset["instance_id"]))
+        wanted = set(tasks)
+        unknown = sorted(wanted - set(dataset["instance_id"]))
         if unknown:
             raise ValueError(f"tasks not in {source} split {split!r}: {', '.join(unknown)}")
-        dataset = dataset.filter(lambda row: row["instance_id"] in set(tasks))
+        dataset = dataset.filter(lambda row: row["instance_id"] in wanted)
     if len(dataset) == 0:
         raise ValueError(f"no tasks in {source} with split {split!r}")
     return dataset

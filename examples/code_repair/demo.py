@@ -156,7 +156,9 @@ def evaluate(
     summary["failed_episodes"] = sum(e["failed"] for e in episodes)
     summary["episodes"] = len(episodes)
     print(f"    {tag}: " + ", ".join(f"{k} {summary[k]:.3f}" for k in (*report.HELD_OUT_KEYS, "episodes")), flush=True)
-    summary["by_episode"] = {f"{e['instance_id']}#{e['sample']}": [e["reward"], e["solved"]] for e in episodes}
+    summary["by_episode"] = {
+        f"{e['instance_id']}#{e['sample']}": {"reward": e["reward"], "solved": e["solved"]} for e in episodes
+    }
     summary["solved_by_task"] = {
         task: mean(e["solved"] for e in episodes if e["instance_id"] == task)
         for task in sorted({e["instance_id"] for e in episodes})

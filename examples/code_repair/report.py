@@ -218,8 +218,8 @@ def paired_change(before: dict, afters: list[dict]) -> dict:
     (and solved) after GRPO minus before; their mean, standard error and count."""
     keys = sorted(set(before["by_episode"]).intersection(*(a["by_episode"] for a in afters)))
     out: dict[str, float] = {"pairs": len(keys)}
-    for index, name in enumerate(("reward", "solved")):
-        diffs = [mean(a["by_episode"][k][index] for a in afters) - before["by_episode"][k][index] for k in keys]
+    for name in ("reward", "solved"):
+        diffs = [mean(a["by_episode"][k][name] for a in afters) - before["by_episode"][k][name] for k in keys]
         out[name] = mean(diffs) if diffs else 0.0
         out[f"{name}_se"] = stdev(diffs) / sqrt(len(diffs)) if len(diffs) > 1 else 0.0
     return out

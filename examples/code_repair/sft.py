@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             rows = list(task_dataset(args.dataset, args.split, args.cache_dir, args.tasks))
         except ValueError as exc:
-            raise SystemExit(f"--tasks: {exc}") from None
+            raise SystemExit(f"sft.py --write-expert: {exc}") from None
         episodes = write_expert_trajectories(
             rows, Workspaces(args.cache_dir, env=command_env(args.dataset)), args.write_expert
         )
