@@ -35,15 +35,38 @@ class ServerClient:
         api_token: The gateway's `--api-token`, sent as a bearer token on control calls.
         timeout: Deadline in seconds of one HTTP call (a weight-sync call's own deadline is the gateway's; this one
             is the backstop if the gateway itself stops answering).
-        transfer: vLLM `TrainerInitInfo` choosing the weight-transfer backend (e.g. vLLM's `NCCLTrainerInitInfo` on
-            GPUs); by default this project's shared-memory backend, which needs trainer and replicas on one host.
+        transfer: How weights travel. `"shm"` (default): this project's shared-memory backend, trainer and replicas
+            on one host. `"nccl"`: vLLM's NCCL backend, one group of the trainer's sender (rank 0, on this process's
+            current CUDA device) and every inference worker of every replica; the gateway assigns each replica its
+            ranks and the client reads the group's size from it (`GET /weights/layout`), so nothing here needs rank
+            arithmetic. A vLLM `TrainerInitInfo` (e.g. `NCCLTrainerInitInfo`) is also accepted as it is; its
+            `world_size` is checked against the gateway's layout first.
+        master_address: With `"nccl"`: the address of this node that every inference node can reach (default: the
+            address this host uses to reach the gateway).
+        master_port: With `"nccl"`: the port of the group's rendezvous on `master_address` (default 29600); it must
+            be open from the inference nodes. Each new group (after a replica joins or leaves) reuses it.
     """
 
-    def __init__(self, base_url: str, api_token: str | None = None, timeout: float = 180.0, transfer: Any = None):
+    def __init__(
+        self,
+        base_url: str,
+        api_token: str | None = None,
+        timeout: float = 180.0,
+        transfer: Any = None,
+        *,
+        master_address: str | None = None,
+        master_port: int | None = None,
+    ):
+        if isinstance(transfer, str) and transfer not in TRANSFERS:
+            raise ValueError(f"transfer must be one of {TRANSFERS} or a vLLM TrainerInitInfo, not {transfer!r}")
+        if (master_address or master_port) and transfer != "nccl":
+            raise ValueError("master_address and master_port go with transfer='nccl'")
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_token}"} if api_token else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
-        self.transfer = transfer
+        self.transfer = None if transfer == "shm" else transfer
+        self.master_address = master_address
+        self.master_port = master_port or DEFAULT_NCCL_PORT
         self._engines: dict[int, Any] = {}  # id(model) -> vLLM trainer-side transfer engine
         self._adapter_dir: Path | None = None  # the last adapter the replicas loaded (they read it lazily)
         self.last_sync: dict[str, float] = {}  # seconds, bytes and per-phase seconds of the last sync
@@ -180,15 +203,34 @@ class ServerClient:
 
     def _engine(self, model, source, rank: int):
         engine = self._engines.get(id(model))
+        if engine is not None and rank == 0 and self._group_backend():
+            stale = (self.weight_status().get("group") or {"stale": "no group"})["stale"]
+            if stale:  # a replica left or joined, or was quarantined: the old group cannot take this sync
+                logger.warning("opening a new weight-transfer group: %s", stale)
+                engine.shutdown()
+                engine = None
         if engine is None:
-            from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
+            if self._group_backend():
+                from .weights.nccl import open_trainer_group
 
-            from .weights import shm
+                engine = open_trainer_group(self, source, rank)
+            else:
+                from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
 
-            info = self.transfer or shm.trainer_init_info(rank=rank)
-            engine = WeightTransferTrainerFactory.trainer_init(info, client=_SyncProtocol(self), source=source)
+                from .weights import shm
+
+                info = self.transfer or shm.trainer_init_info(rank=rank)
+                engine = WeightTransferTrainerFactory.trainer_init(info, client=_SyncProtocol(self), source=source)
             self._engines[id(model)] = engine
         return engine
+
+    def _group_backend(self) -> bool:
+        return self.transfer == "nccl" or hasattr(self.transfer, "world_size")
+
+    def weight_layout(self) -> dict[str, Any]:
+        """The weight-transfer group the replicas would form now: `world_size`, each replica's `rank_offset` and
+        `workers`, a `description`, and `init_timeout` (the gateway's deadline for the group to form)."""
+        return self._call("GET", "/weights/layout")
 
     def _load_adapter(self, model, start: float) -> int:
         from .weights.shm import shm_dir
@@ -216,6 +258,8 @@ class ServerClient:
 
 
 ADAPTER_NAME = "trl-agents-policy"
+TRANSFERS = ("shm", "nccl")
+DEFAULT_NCCL_PORT = 29600
 
 
 def _dir_bytes(directory: Path) -> int:

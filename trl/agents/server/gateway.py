@@ -11,7 +11,8 @@ adds only what training needs, each route for one reason:
 * `GET /sessions/{sid}/trajectory`, `DELETE /sessions/{sid}`, `GET /sessions`: the trainer reads episodes and
   frees memory (control plane: bearer token when `--api-token` is set).
 * `POST /weights/{init,start,update,finish,abort,lora}`, `GET /weights`: the trainer's weight sync, fanned out to
-  every replica through vLLM's own weight-transfer routes (`weight_sync.py`; control plane).
+  every replica through vLLM's own weight-transfer routes (`weight_sync.py`; control plane). `GET /weights/layout`:
+  the ranks each replica takes in an NCCL group with the trainer, so the trainer needs no rank arithmetic.
 * `GET /health`: one answer for all replicas (503 with the reason when any is down).
 * `GET /metrics`: sessions, turns, tokens, forks, errors, per-replica load, in Prometheus text format.
 
@@ -340,6 +341,17 @@ def create_app(config: GatewayConfig) -> FastAPI:
         if not gateway.authorized(request):
             return unauthorized()
         return weights.status()
+
+    @app.get("/weights/layout")
+    async def weights_layout(request: Request):
+        """The weight-transfer group a group init would form now (ranks per replica, world size)."""
+        if not gateway.authorized(request):
+            return unauthorized()
+        try:
+            layout = await weights.layout()
+        except SyncError as exc:
+            return gateway.fail(exc.status, str(exc), "WeightSyncError")
+        return {**layout.to_dict(), "init_timeout": weights.config.call_timeout}
 
     @app.get("/health")
     async def health():

@@ -79,11 +79,22 @@ async def post_json(
         ReplicaUnreachable: no answer within `timeout` (server kept up: it may be busy), or the connection failed
             (server marked down).
     """
+    return await _call(session, replica, "POST", path, json.dumps(body), timeout)
+
+
+async def get_json(session: aiohttp.ClientSession, replica: ReplicaHandle, path: str, timeout: float) -> Any:
+    """GET `path` from `replica` and return its JSON answer; raises as `post_json` does."""
+    return await _call(session, replica, "GET", path, None, timeout)
+
+
+async def _call(
+    session: aiohttp.ClientSession, replica: ReplicaHandle, method: str, path: str, data: str | None, timeout: float
+) -> Any:
     replica.inflight += 1
     start = time.perf_counter()
     try:
-        async with session.post(
-            f"{replica.url}{path}", data=json.dumps(body), headers={"Content-Type": "application/json"},
+        async with session.request(
+            method, f"{replica.url}{path}", data=data, headers={"Content-Type": "application/json"},
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as response:  # fmt: skip
             raw = await response.read()

@@ -18,6 +18,18 @@ receiving sessions (its own sessions get a 503 naming it) until a later sync com
 `start_weight_update` its model holds a mix of old and new tensors. The trainer gets an error naming it; the other
 replicas finish the sync and serve the new version. An aborted sync quarantines every replica it started on.
 
+Group backends (vLLM's NCCL, and any backend whose init carries `rank_offset` and `world_size`) put the trainer's
+sender and every inference worker of every replica in one group. vLLM's trainer engine sends one init body with
+`rank_offset=1`; the gateway rewrites it per replica (`GroupLayout`): replica i gets 1 + the workers (TP x PP, from its
+`/get_world_size`) of the replicas before it, and the trainer is told the layout first (`GET /weights/layout`), so its
+`world_size` is checked before any rendezvous and nobody does rank arithmetic. Why rewrite rather than start the
+replicas as vLLM data-parallel ranks (`--data-parallel-rank i`, where vLLM computes the offsets itself): replicas
+attached from other nodes (`--replica`) are independent servers started by hand, possibly with different TP sizes, and
+a replica that restarts must not need the others to restart with it. An NCCL group cannot gain or lose a member, so
+when a member goes down or is quarantined, or a replica outside the group is healthy, the group is *stale*: syncs are
+refused (409) until the trainer opens a fresh group over the replicas healthy then (`ServerClient` does it at its next
+sync), which is how a quarantined replica that comes back rejoins.
+
 Adapter-only LoRA (`load_lora`) loads a saved adapter on every replica with vLLM's LoRA API under one name, which the
 gateway then substitutes for the base model in recorded turns.
 
@@ -36,7 +48,7 @@ from typing import Any, NamedTuple
 import aiohttp
 
 from .routing import ReplicaHandle, Router
-from .upstream import GatewayError, ReplicaUnreachable, UpstreamError, post_json
+from .upstream import GatewayError, ReplicaUnreachable, UpstreamError, get_json, post_json
 
 
 logger = logging.getLogger("trl.agents.weight_sync")
@@ -51,6 +63,49 @@ class Policy(NamedTuple):
 
 class SyncError(GatewayError):
     """A weight-sync call failed."""
+
+
+@dataclass
+class GroupLayout:
+    """Ranks of one weight-transfer group: the trainer's ranks first, then each replica's workers in router order."""
+
+    trainer_ranks: int
+    members: list[tuple[str, int]]  # (replica name, workers), in rank order
+
+    @property
+    def world_size(self) -> int:
+        return self.trainer_ranks + sum(workers for _, workers in self.members)
+
+    def offsets(self) -> dict[str, int]:
+        """The `rank_offset` of each replica: its first worker's rank in the group."""
+        offsets, rank = {}, self.trainer_ranks
+        for name, workers in self.members:
+            offsets[name], rank = rank, rank + workers
+        return offsets
+
+    def describe(self) -> str:
+        offsets = self.offsets()
+        trainer = "rank 0" if self.trainer_ranks == 1 else f"ranks 0-{self.trainer_ranks - 1}"
+        parts = [f"trainer {trainer}"] + [
+            f"{name} rank{'s' if n > 1 else ''} {offsets[name]}{f'-{offsets[name] + n - 1}' if n > 1 else ''}"
+            f" ({n} worker{'s' if n > 1 else ''})"
+            for name, n in self.members
+        ]
+        return f"{', '.join(parts)}; world_size {self.world_size}"
+
+    def to_dict(self) -> dict[str, Any]:
+        offsets = self.offsets()
+        return {
+            "world_size": self.world_size,
+            "trainer_ranks": self.trainer_ranks,
+            "replicas": [{"name": n, "workers": w, "rank_offset": offsets[n]} for n, w in self.members],
+            "description": self.describe(),
+        }
+
+
+def is_group_init(init_info: Any) -> bool:
+    """True for the init of a group backend (vLLM's NCCL and sparse NCCL): one rank per worker, offsets to assign."""
+    return isinstance(init_info, dict) and "rank_offset" in init_info and "world_size" in init_info
 
 
 @dataclass
@@ -99,6 +154,9 @@ class WeightSync:
         )
         self._initialized: set[str] = set()
         self._init_failed: dict[str, str] = {}
+        self.group: GroupLayout | None = None  # the group the trainer's last group init formed
+        self._group_mode = False  # the last init was a group init (then `group` is None until one forms)
+        self._group_broken = ""  # why the group cannot take another sync (a member failed a sync, or one aborted)
         self.last_sync_seconds = 0.0
         self.syncs = 0
         self.failures = 0
@@ -131,7 +189,44 @@ class WeightSync:
             "syncs": self.syncs,
             "failures": self.failures,
             "last_sync_seconds": self.last_sync_seconds,
-        }
+            "group": None if not self._group_mode else {
+                **(self.group.to_dict() if self.group else {}), "stale": self.group_stale()
+            },
+        }  # fmt: skip
+
+    def group_stale(self) -> str:
+        """Why the current weight-transfer group can no longer take a sync ("" when it can)."""
+        if self.group is None:
+            return "no weight-transfer group has formed: call init" if self._group_mode else ""
+        if self._group_broken:
+            return self._group_broken
+        members = {name for name, _ in self.group.members}
+        for replica in self.router.replicas:
+            if replica.name in members and not replica.healthy:
+                return f"{replica.name} is down ({replica.reason})"
+            if replica.name not in members and replica.healthy:
+                return f"{replica.name} is up but not in the group"
+        return ""
+
+    async def layout(self, trainer_ranks: int = 1) -> GroupLayout:
+        """The group a new init would form: every healthy replica, with its workers from `/get_world_size`."""
+        replicas = [r for r in self.router.replicas if r.healthy]
+
+        async def workers(replica: ReplicaHandle) -> int | str:
+            try:
+                answer = await get_json(self.client, replica, "/get_world_size", self.config.call_timeout)
+                return int(answer["world_size"])
+            except (UpstreamError, ReplicaUnreachable, KeyError, TypeError, ValueError) as exc:
+                return f"{type(exc).__name__}: {exc}"
+
+        answers = await asyncio.gather(*(workers(r) for r in replicas))
+        failed = {r.name: a for r, a in zip(replicas, answers, strict=True) if isinstance(a, str)}
+        members = [(r.name, a) for r, a in zip(replicas, answers, strict=True) if not isinstance(a, str)]
+        if not members:
+            raise SyncError(503, "no replica answered /get_world_size: " + (_describe(failed) or "none is healthy"))
+        if failed:
+            logger.warning("left out of the weight-transfer group: %s", _describe(failed))
+        return GroupLayout(trainer_ranks, members)
 
     # -- phases ------------------------------------------------------------------------------------------------
 
@@ -140,13 +235,50 @@ class WeightSync:
 
         A replica that fails is quarantined and left out of the next sync (which then names it); the sync after
         that initialises it again with the same `init_info`, so it can come back. Fails only if every replica
-        fails."""
+        fails. A group init (`is_group_init`) goes to `_init_group` instead."""
+        if is_group_init(init_info):
+            return await self._init_group(init_info)
+        self._group_mode, self.group = False, None
         replicas = [r for r in self.router.replicas if r.healthy]
         self._init_info = init_info
         failed = await self._init_on(replicas)
         if len(failed) == len(replicas):
             raise SyncError(502, "init_weight_transfer_engine failed on " + _describe(failed))
         return {"replicas": [r.name for r in replicas if r.name not in failed], "failed": failed}
+
+    async def _init_group(self, init_info: dict) -> dict[str, Any]:
+        """Give each replica of the layout its own `rank_offset` in one group with the trainer, and wait until every
+        worker has joined. Any failure fails the whole init (the group cannot form without every rank): the replicas
+        that failed or missed the deadline are quarantined and named, with the layout they were asked to join."""
+        if self._sync is not None:
+            raise SyncError(409, "a weight sync is running: a new weight-transfer group can be opened after it")
+        layout = await self.layout(trainer_ranks=int(init_info["rank_offset"]))
+        if int(init_info["world_size"]) != layout.world_size:
+            raise SyncError(
+                400,
+                f"init_info.world_size is {init_info['world_size']} but the replicas make a group of "
+                f"{layout.world_size}: {layout.describe()} (ask GET /weights/layout before opening the group)",
+            )
+        self._group_mode, self.group, self._init_info = True, None, None  # the old group is given up from here
+        offsets = layout.offsets()
+        replicas = [self.router.by_name(name) for name, _ in layout.members]
+        bodies = [{"init_info": {**init_info, "rank_offset": offsets[r.name]}} for r in replicas]
+        failed = await self._fan_out(replicas, "/init_weight_transfer_engine", bodies, self.config.call_timeout)
+        for name, reason in failed.items():
+            self.router.by_name(name).quarantined = f"weight-transfer group init failed: {reason}"
+        if failed:
+            raise SyncError(
+                502,
+                f"the weight-transfer group did not form: {_describe(failed)}. Expected layout: {layout.describe()}; "
+                f"every replica must reach the trainer at {init_info.get('master_address')}:"
+                f"{init_info.get('master_port')} within {self.config.call_timeout:.0f} s",
+            )
+        self.group, self._group_broken = layout, ""
+        for replica in replicas:
+            self._initialized.add(replica.name)
+            if replica.quarantined.startswith("weight-transfer group init failed"):
+                replica.quarantined = ""  # its weights were never touched: it serves again
+        return {"replicas": [r.name for r in replicas], "failed": {}, "layout": layout.to_dict()}
 
     async def _init_on(self, replicas: list[ReplicaHandle]) -> dict[str, str]:
         bodies = self._bodies(replicas, {"init_info": self._init_info}, "init_info")
@@ -162,7 +294,8 @@ class WeightSync:
 
     async def _leave_out_uninitialised(self, sync: _Sync) -> None:
         """Before a full-weight sync: replicas whose transfer-engine init just failed sit this sync out (named in its
-        result); replicas that missed an earlier init (down at the time) are initialised now."""
+        result); replicas that missed an earlier init (down at the time) are initialised now. (Group backends have no
+        per-replica init: `start` refuses a stale group instead.)"""
         if self._init_info is None:
             return
         retry = [r for r in sync.replicas if r.name not in self._initialized and r.name not in self._init_failed]
@@ -182,6 +315,11 @@ class WeightSync:
             replicas = [r for r in self.router.replicas if r.healthy]
             if not replicas:
                 raise SyncError(503, "no reachable replica to update")
+            if start_update and self._group_mode and (stale := self.group_stale()):
+                raise SyncError(
+                    409, f"the weight-transfer group is stale: {stale}. Open a new group over the replicas up now "
+                    "(GET /weights/layout, then init; ServerClient does this by itself at its next sync)",
+                )  # fmt: skip
             sync = self._sync = _Sync(time.monotonic(), replicas)
             self._ready.clear()
             sync.watchdog = asyncio.create_task(self._watchdog(sync))
@@ -227,6 +365,8 @@ class WeightSync:
         quarantined = sync.replicas if sync.touches_weights else []
         for replica in quarantined:
             replica.quarantined = replica.quarantined or f"weight sync aborted ({reason}): weights may be partial"
+        if self.group is not None and sync.touches_weights:
+            self._group_broken = f"a sync was aborted ({reason}): transfers may be left half-done in the group"
         self.failures += 1
         await self._release(sync)
         logger.error("weight sync aborted: %s", reason)
@@ -299,6 +439,8 @@ class WeightSync:
         for name, reason in failed.items():
             sync.failed[name] = f"{path.split('?')[0]}: {reason}"
             self.router.by_name(name).quarantined = f"weight sync failed in {sync.failed[name]}"
+            if self.group is not None:  # its end of the group is in an unknown state
+                self._group_broken = self._group_broken or f"{name} is quarantined ({sync.failed[name]})"
         if not sync.alive():
             await self.abort(f"every replica failed {path}")
             raise SyncError(502, f"weight sync failed on every replica: {_describe(sync.failed)}")
