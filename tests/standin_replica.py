@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import socket
 import sys
 import threading
 import time
@@ -68,7 +69,8 @@ class StandIn:
 
         info = body["init_info"]
         offset, world = int(info["rank_offset"]), int(info["world_size"])
-        self.packed = {k: info[k] for k in ("packed_buffer_size_bytes", "packed_num_buffers") if k in info}
+        geometry = {"packed_buffer_size_bytes": "buffer_size_bytes", "packed_num_buffers": "num_buffers"}
+        self.packed = {argument: info[key] for key, argument in geometry.items() if key in info}
 
         def join(worker: int):
             group = StatelessProcessGroup.create(
@@ -165,6 +167,12 @@ def make_handler(state: StandIn):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
+        def setup(self):
+            super().setup()
+            # headers and body leave in two writes: without this, Nagle's algorithm holds the body until the client's
+            # delayed ACK (40 ms per call), which a real vLLM server (uvicorn) does not pay
+            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
         def log_message(self, format, *args):  # noqa: A002 - the base class's name
             pass  # one line per request would drown the test output
 
@@ -200,6 +208,26 @@ def make_handler(state: StandIn):
                 self.answer(500, {"error": {"message": f"{type(exc).__name__}: {exc}"}})
 
     return Handler
+
+
+def gateway_process(replica_urls: list[str], port: int, sync_timeout: float, log, health_interval: float = 0.5):
+    """A real gateway process (uvicorn, `create_app`) over `replica_urls`, named replica-0, replica-1, ...; the caller
+    waits for its `/health` and kills it. (`trl vllm-serve-async --replica` would first check that each replica is a
+    real vLLM server, which a stand-in is not.)"""
+    import subprocess
+
+    replicas = [(f"replica-{i}", url) for i, url in enumerate(replica_urls)]
+    config = (
+        f"GatewayConfig(replicas={replicas!r}, sync=SyncConfig.from_total({sync_timeout}), "
+        f"health_interval={health_interval}, weight_transfer_backend='nccl')"
+    )
+    code = (
+        "import uvicorn\n"
+        "from trl.agents.server.gateway import GatewayConfig, create_app\n"
+        "from trl.agents.server.weight_sync import SyncConfig\n"
+        f"uvicorn.run(create_app({config}), host='127.0.0.1', port={port}, log_level='warning')\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT)
 
 
 class QuietServer(ThreadingHTTPServer):

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from standin_replica import gateway_process
 from vllm.distributed.utils import StatelessProcessGroup
 from vllm.distributed.weight_transfer.nccl_common import NCCLWeightTransferInitInfo, worker_init_payload
 from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
@@ -76,26 +77,15 @@ def replicas():
 def gateway(replicas, tmp_path_factory):
     """A real gateway process over the stand-ins (named replica-0 and replica-1, in that order)."""
     port = free_port()
-    config = (
-        f"GatewayConfig(replicas=[{', '.join(repr((f'replica-{i}', r.url)) for i, r in enumerate(replicas))}], "
-        f"sync=SyncConfig.from_total({SYNC_TIMEOUT}), health_interval=0.5)"
-    )
-    code = (
-        "import uvicorn\n"
-        "from trl.agents.server.gateway import GatewayConfig, create_app\n"
-        "from trl.agents.server.weight_sync import SyncConfig\n"
-        f"uvicorn.run(create_app({config}), host='127.0.0.1', port={port}, log_level='warning')\n"
-    )
-    log = open(tmp_path_factory.mktemp("gateway") / "gateway.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/health")
-        yield url
-    finally:
-        process.kill()
-        process.wait(10)
-        log.close()
+    with open(tmp_path_factory.mktemp("gateway") / "gateway.log", "wb") as log:
+        process = gateway_process([r.url for r in replicas], port, SYNC_TIMEOUT, log)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(f"{url}/health")
+            yield url
+        finally:
+            process.kill()
+            process.wait(10)
 
 
 def open_group(gateway: str, world_size: int, port: int | None = None, join: bool = True):
@@ -234,8 +224,13 @@ def test_client_arguments_and_a_trainer_without_cuda(gateway):
     with pytest.raises(ValueError, match="transfer must be one of"):
         ServerClient(gateway, transfer="tcp")
     with pytest.raises(ValueError, match="go with transfer='nccl'"):
-        ServerClient(gateway, master_port=29600)
+        ServerClient(gateway, transfer="shm", master_port=29600)
     with ServerClient(gateway, transfer="nccl", master_address="127.0.0.1") as client:
         assert client.weight_layout()["world_size"] == 4
         with pytest.raises(ServerError, match="needs a CUDA device on the trainer"):
             client.update_weights(torch.nn.Linear(2, 2))
+    with ServerClient(gateway) as client:  # no transfer given: the replicas' backend, which the gateway reports
+        assert client.weight_status()["backend"] == "nccl"
+        with pytest.raises(ServerError, match="needs a CUDA device on the trainer"):
+            client.update_weights(torch.nn.Linear(2, 2))
+        assert client.transfer == "nccl"

@@ -51,6 +51,26 @@ def parser() -> argparse.ArgumentParser:
     add("--served-model-name", default=None, help="the name the server knows the model by (default: --model)")
     add("--server-url", default="http://127.0.0.1:8000", help="the trl vllm-serve-async gateway")
     add("--api-token", default=os.environ.get("TRL_AGENTS_API_TOKEN"), help="the gateway's --api-token")
+    add(
+        "--weight-transfer",
+        default="auto",
+        choices=["auto", "shm", "nccl"],
+        help="how weights reach the replicas: auto (the backend the gateway's replicas run: nccl on GPUs), shm "
+        "(trainer and replicas on one host) or nccl (GPUs, across nodes too)",
+    )
+    add(
+        "--master-address",
+        default=None,
+        help="nccl: this node's address as the inference nodes reach it (default: the client picks the address "
+        "this host uses to reach the gateway)",
+    )
+    add(
+        "--master-port",
+        type=int,
+        default=None,
+        help="nccl: port of the weight-transfer group's rendezvous on --master-address, open to the inference nodes "
+        "(default: 29600)",
+    )
     add("--output-dir", required=True)
     add("--rewards", default="similarity,tests", help=f"comma-separated, from {sorted(REWARDS)}")
     add("--reward-weights", default=None, help="comma-separated weights, one per reward (default: all 1)")
@@ -164,7 +184,10 @@ def build_trainer(args, dataset=None, model=None, callbacks=()):
     else:
         from agent import AgentConfig, RepairAgent  # the agent needs `openai`; replaying does not
 
-        client = ServerClient(args.server_url, api_token=args.api_token, timeout=600)
+        client = ServerClient(
+            args.server_url, api_token=args.api_token, timeout=600, transfer=None if args.weight_transfer == "auto" else args.weight_transfer,
+            master_address=args.master_address, master_port=args.master_port,
+        )  # fmt: skip
         agent_config = AgentConfig(
             model=args.served_model_name or args.model,
             tool_limit=args.tool_limit,

@@ -35,8 +35,9 @@ class ServerClient:
         api_token: The gateway's `--api-token`, sent as a bearer token on control calls.
         timeout: Deadline in seconds of one HTTP call (a weight-sync call's own deadline is the gateway's; this one
             is the backstop if the gateway itself stops answering).
-        transfer: How weights travel. `"shm"` (default): this project's shared-memory backend, trainer and replicas
-            on one host. `"nccl"`: vLLM's NCCL backend, one group of the trainer's sender (rank 0, on this process's
+        transfer: How weights travel. `None` (default): the backend the gateway's replicas were started with
+            (`nccl` on GPUs, `trl_agents_shm` on the CPU build). `"shm"`: this project's shared-memory backend, trainer
+            and replicas on one host. `"nccl"`: vLLM's NCCL backend, one group of the trainer's sender (rank 0, on this process's
             current CUDA device) and every inference worker of every replica; the gateway assigns each replica its
             ranks and the client reads the group's size from it (`GET /weights/layout`), so nothing here needs rank
             arithmetic. A vLLM `TrainerInitInfo` (e.g. `NCCLTrainerInitInfo`) is also accepted as it is; its
@@ -59,21 +60,26 @@ class ServerClient:
     ):
         if isinstance(transfer, str) and transfer not in TRANSFERS:
             raise ValueError(f"transfer must be one of {TRANSFERS} or a vLLM TrainerInitInfo, not {transfer!r}")
-        if (master_address or master_port) and transfer != "nccl":
-            raise ValueError("master_address and master_port go with transfer='nccl'")
+        if (master_address or master_port) and transfer not in (None, "nccl"):
+            raise ValueError("master_address and master_port go with transfer='nccl' (or the gateway's choice)")
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_token}"} if api_token else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
-        self.transfer = None if transfer == "shm" else transfer
+        self.transfer = transfer  # None: the backend the gateway's replicas use (`_group_backend`)
         self.master_address = master_address
         self.master_port = master_port or DEFAULT_NCCL_PORT
         self._engines: dict[int, Any] = {}  # id(model) -> vLLM trainer-side transfer engine
         self._adapter_dir: Path | None = None  # the last adapter the replicas loaded (they read it lazily)
         self.last_sync: dict[str, float] = {}  # seconds, bytes and per-phase seconds of the last sync
+        self._sync_timeout = 120.0  # the gateway's deadline of a whole sync (read before each NCCL sync)
 
     def close(self) -> None:
-        """Close the connection (and delete the last saved LoRA adapter: the replicas no longer need it)."""
+        """Close the connection, the weight-transfer groups (their rendezvous ports are free again), and delete the
+        last saved LoRA adapter (the replicas no longer need it)."""
         self._http.close()
+        for engine in self._engines.values():
+            engine.shutdown()
+        self._engines.clear()
         if self._adapter_dir is not None:
             shutil.rmtree(self._adapter_dir, ignore_errors=True)
             self._adapter_dir = None
@@ -182,10 +188,17 @@ class ServerClient:
         try:
             with source.prepared():
                 engine.source = source
-                engine.send_weights()
+                if rank == 0 and self._group_backend():
+                    from .weights.nccl import send_with_deadline
+
+                    send_with_deadline(engine, self._sync_timeout)
+                else:
+                    engine.send_weights()
         except BaseException as exc:
             if rank == 0:
                 self._abort(f"trainer-side error: {type(exc).__name__}: {exc}")
+                if self._group_backend():  # the group may be half-way through a transfer: the next sync opens anew
+                    self._engines.pop(id(model)).shutdown()
             raise
         if rank != 0:
             return self.weight_version
@@ -203,9 +216,11 @@ class ServerClient:
 
     def _engine(self, model, source, rank: int):
         engine = self._engines.get(id(model))
-        if engine is not None and rank == 0 and self._group_backend():
-            stale = (self.weight_status().get("group") or {"stale": "no group"})["stale"]
-            if stale:  # a replica left or joined, or was quarantined: the old group cannot take this sync
+        if rank == 0 and self._group_backend():
+            status = self.weight_status()
+            self._sync_timeout = float(status["timeout"])
+            stale = (status.get("group") or {"stale": "no group"})["stale"]
+            if engine is not None and stale:  # a replica left, joined or failed: the old group cannot take a sync
                 logger.warning("opening a new weight-transfer group: %s", stale)
                 engine.shutdown()
                 engine = None
@@ -219,12 +234,18 @@ class ServerClient:
 
                 from .weights import shm
 
-                info = self.transfer or shm.trainer_init_info(rank=rank)
+                info = shm.trainer_init_info(rank=rank) if self.transfer in (None, "shm") else self.transfer
                 engine = WeightTransferTrainerFactory.trainer_init(info, client=_SyncProtocol(self), source=source)
             self._engines[id(model)] = engine
         return engine
 
     def _group_backend(self) -> bool:
+        """Whether weights go through a rank group (NCCL). With `transfer=None`, whatever the gateway's replicas were
+        started with (`GET /weights` names the backend), so a trainer cannot pick one the replicas do not run."""
+        if self.transfer is None:
+            backend = self.weight_status().get("backend")
+            self.transfer = "nccl" if backend == "nccl" else "shm"
+            logger.info("weight transfer: %s (the replicas' backend: %s)", self.transfer, backend)
         return self.transfer == "nccl" or hasattr(self.transfer, "world_size")
 
     def weight_layout(self) -> dict[str, Any]:

@@ -67,6 +67,8 @@ class GatewayConfig:
         sync: Deadlines of weight syncs.
         journal_dir: Folder where every session is journaled as it is recorded, and reloaded from at start (a
             restarted gateway keeps its trajectories); `None` keeps sessions in memory only.
+        weight_transfer_backend: The replicas' weight-transfer backend (`nccl`, `trl_agents_shm`, ...), reported to
+            trainers so that `ServerClient` picks the same one; `None` when unknown.
     """
 
     replicas: list[tuple[str, str]]
@@ -78,6 +80,7 @@ class GatewayConfig:
     max_body_bytes: int = 64 * 1024 * 1024
     sync: SyncConfig = field(default_factory=SyncConfig)
     journal_dir: str | None = None
+    weight_transfer_backend: str | None = None
 
 
 class Gateway:
@@ -95,7 +98,7 @@ class Gateway:
             r.name: self.renderers[i % len(self.renderers)] for i, r in enumerate(self.router.replicas)
         } if self.renderers else {}  # fmt: skip
         self.recorder = Recorder(None, config.max_model_len or 0, config.timeouts, renderer_of)
-        self.weights = WeightSync(self.router, config.sync)
+        self.weights = WeightSync(self.router, config.sync, config.weight_transfer_backend)
         self.turns = 0
         self.tokens = Counter()  # "sampled" / "inserted"
         self.errors = Counter()  # HTTP status -> count

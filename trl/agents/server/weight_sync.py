@@ -137,9 +137,10 @@ class _Sync:
 class WeightSync:
     """Policy version, the gate in front of new turns, and the fan-out of weight updates."""
 
-    def __init__(self, router: Router, config: SyncConfig | None = None):
+    def __init__(self, router: Router, config: SyncConfig | None = None, backend: str | None = None):
         self.router = router
         self.config = config or SyncConfig()
+        self.backend = backend  # the replicas' weight-transfer backend, when the launcher knows it
         self.version = 0
         self.lora_name: str | None = None
         self.client: aiohttp.ClientSession | None = None
@@ -189,6 +190,8 @@ class WeightSync:
             "syncs": self.syncs,
             "failures": self.failures,
             "last_sync_seconds": self.last_sync_seconds,
+            "timeout": self.config.total_timeout,
+            "backend": self.backend,
             "group": None if not self._group_mode else {
                 **(self.group.to_dict() if self.group else {}), "stale": self.group_stale()
             },

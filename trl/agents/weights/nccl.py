@@ -8,6 +8,9 @@ vLLM's `NCCLTrainerWeightTransferEngine` does the work: rank 0 broadcasts the pa
   with the expected layout instead of waiting at the rendezvous;
 * the rendezvous has the gateway's deadline rather than vLLM's fixed 300 s store timeout (`trainer_init` takes none),
   so replicas that cannot reach the trainer fail the init within the sync deadline, each named by the gateway;
+* the transfer has the gateway's deadline too (`send_with_deadline`): a receiver that stops taking part (killed, or
+  its `/update_weights` failed before the broadcast) would leave rank 0 waiting inside NCCL for ever, so past the
+  deadline the communicator is aborted (`ncclCommAbort`) and the error names what the gateway quarantined;
 * a communicator that disabled itself (NCCL library not loaded, which vLLM only logs) is an error: every broadcast
   would silently do nothing;
 * the default rendezvous address is the one this host uses to reach the gateway, the interface its replicas can
@@ -20,6 +23,7 @@ Not here: which tensors are sent (`sources.py`), the per-replica rank offsets an
 from __future__ import annotations
 
 import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,7 +44,7 @@ def trainer_init_info(client, layout: dict[str, Any] | None, rank: int):
 
     from ..client import ServerError
 
-    if client.transfer != "nccl":
+    if not isinstance(client.transfer, str):
         info = client.transfer
         if layout is not None and info.world_size != layout["world_size"]:
             raise ServerError(
@@ -129,3 +133,32 @@ def _open_group(info, timeout: float):
             "every broadcast would silently send nothing"
         )
     return communicator
+
+
+def send_with_deadline(engine, timeout: float) -> None:
+    """`engine.send_weights()` (rank 0), aborting its communicator if it has not returned after `timeout` seconds."""
+    from ..client import ServerError
+
+    failure: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            engine.send_weights()
+        except BaseException as exc:  # handed to the caller's thread below
+            failure.append(exc)
+
+    thread = threading.Thread(target=send, name="trl-agents-nccl-send", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        group = engine.model_update_group
+        if group is not None:
+            group.destroy()  # ncclCommAbort: the broadcast stuck on a missing receiver returns
+        thread.join(10)
+        quarantined = engine.client.client.weight_status().get("quarantined") or {}
+        raise ServerError(
+            f"the NCCL transfer did not finish within {timeout:.0f} s (the gateway's sync deadline); the group was "
+            f"aborted. Replicas taken out: {quarantined or 'none named yet'}"
+        )
+    if failure:
+        raise failure[0]
