@@ -6,9 +6,9 @@ What it stands in for, and why:
   NCCL group at all. This server answers the routes the gateway calls on a replica and, for each of its `--workers`
   simulated inference workers, joins the trainer's rendezvous for real with vLLM's own `StatelessProcessGroup` (the
   TCP store NCCL's group is built on) at rank `rank_offset + worker`, then gathers every rank once (so the trainer,
-  rank 0, must call `all_gather_obj` too: a rank held twice or missing stalls there until the store's deadline). It records every body it received
-  (`GET /standin/received`), so tests check what each replica was told, and a wrong layout fails the way it would on
-  GPUs: at the rendezvous.
+  rank 0, must call `all_gather_obj` too: a rank held twice or missing stalls there until the store's deadline). It
+  records every body it received (`GET /standin/received`), so tests check what each replica was told, and a wrong
+  layout fails the way it would on GPUs: at the rendezvous.
 * **GPU benchmark** (`benchmarks/gpu/nccl_sync.py`): vLLM cannot be installed on the lent GPU machines, but its
   worker-side NCCL code runs there from its pure-Python files. With `--device cuda` each worker also builds vLLM's
   `PyNcclCommunicator` on that group (`worker_init_process_group`'s steps, with the rank the gateway assigned) and

@@ -36,12 +36,12 @@ class ServerClient:
         timeout: Deadline in seconds of one HTTP call (a weight-sync call's own deadline is the gateway's; this one
             is the backstop if the gateway itself stops answering).
         transfer: How weights travel. `None` (default): the backend the gateway's replicas were started with
-            (`nccl` on GPUs, `trl_agents_shm` on the CPU build). `"shm"`: this project's shared-memory backend, trainer
-            and replicas on one host. `"nccl"`: vLLM's NCCL backend, one group of the trainer's sender (rank 0, on this process's
-            current CUDA device) and every inference worker of every replica; the gateway assigns each replica its
-            ranks and the client reads the group's size from it (`GET /weights/layout`), so nothing here needs rank
-            arithmetic. A vLLM `TrainerInitInfo` (e.g. `NCCLTrainerInitInfo`) is also accepted as it is; its
-            `world_size` is checked against the gateway's layout first.
+            (`nccl` on GPUs, `trl_agents_shm` on the CPU build). `"shm"`: this project's shared-memory backend,
+            trainer and replicas on one host. `"nccl"`: vLLM's NCCL backend, one group of the trainer's sender (rank
+            0, on this process's current CUDA device) and every inference worker of every replica; the gateway
+            assigns each replica its ranks and the client reads the group's size from it (`GET /weights/layout`),
+            so nothing here needs rank arithmetic. A vLLM `TrainerInitInfo` (e.g. `NCCLTrainerInitInfo`) is also
+            accepted as it is; its `world_size` is checked against the gateway's layout first.
         master_address: With `"nccl"`: the address of this node that every inference node can reach (default: the
             address this host uses to reach the gateway).
         master_port: With `"nccl"`: the port of the group's rendezvous on `master_address` (default 29600); it must
@@ -234,7 +234,7 @@ class ServerClient:
 
                 from .weights import shm
 
-                info = shm.trainer_init_info(rank=rank) if self.transfer in (None, "shm") else self.transfer
+                info = shm.trainer_init_info(rank=rank) if self.transfer == "shm" else self.transfer
                 engine = WeightTransferTrainerFactory.trainer_init(info, client=_SyncProtocol(self), source=source)
             self._engines[id(model)] = engine
         return engine

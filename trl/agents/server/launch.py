@@ -1,4 +1,4 @@
-"""`trl vllm-serve-async`: start N vLLM replicas, wait until all are healthy, serve the gateway in front.
+"""`trl vllm-serve-async`: start N vLLM replicas, attach remote ones, wait until all are healthy, serve the gateway.
 
 Each replica is vLLM's own OpenAI server (`process.py`) on its own port of 127.0.0.1, with the flags the gateway
 needs (`--enable-scale-out` for render/generate/derender; `VLLM_SERVER_DEV_MODE=1` for pause and weight transfer)
@@ -14,7 +14,12 @@ the gateway renders and parses there, so those short calls never queue behind a 
 bursts of turn boundaries are split between them.
 Ctrl-C or SIGTERM stops every child process.
 
-Not here: what the gateway does (`gateway.py`).
+`--replica URL` attaches vLLM servers already running on other nodes (`remote-0`, ...), beside or instead of the local
+ones; the gateway treats them exactly like local replicas, once each has passed the start-up checks of `remote.py`
+(exit code 2 otherwise). `--print-replica-command` prints the command such a node runs: the same flags as the local
+replicas (`replica_flags` builds them for both).
+
+Not here: what the gateway does (`gateway.py`), what a remote replica must have (`remote.py`).
 """
 
 from __future__ import annotations
@@ -23,14 +28,17 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .process import RenderServer, ReplicaError, ServerProcess, VLLMReplica, cpu_defaults, is_cpu_build
+from .remote import ReplicaCheckError, check_replicas, local_vllm_version
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -39,12 +47,34 @@ def make_parser() -> argparse.ArgumentParser:
         description=(
             "Serve a model with N replicas of vLLM's own OpenAI server behind a gateway that gives each agent "
             "episode a session URL (/sessions/{sid}/v1), records the exact tokens the engine saw and sampled, "
-            "and fans weight updates out to every replica. Flags not listed here are passed to every replica's "
-            "`vllm serve` unchanged."
+            "and fans weight updates out to every replica. Flags not listed here are passed to every local replica's "
+            "`vllm serve` unchanged (remote ones, --replica, get them from --print-replica-command)."
         ),
     )
     parser.add_argument("--model", required=True, help="model path or name served by every replica")
-    parser.add_argument("--data-parallel-size", type=int, default=1, help="number of replicas (one per GPU)")
+    parser.add_argument(
+        "--data-parallel-size",
+        type=int,
+        default=None,
+        help="replicas started on this host, one per GPU (default: 1, or 0 with --replica)",
+    )
+    parser.add_argument(
+        "--replica",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a vLLM server already running elsewhere (e.g. http://node7:8001, started with the command "
+        "--print-replica-command prints) to serve beside or instead of the local replicas; repeatable. Named "
+        "remote-0, remote-1, ...; checked at start (same vLLM version and --model, dev-mode and --enable-scale-out "
+        "routes, same weight-transfer backend, LoRA when --enable-lora is given): the command exits with code 2 "
+        "and names what a replica lacks",
+    )
+    parser.add_argument(
+        "--print-replica-command",
+        action="store_true",
+        help="print the command that starts a replica for --replica on another node (this command's --model and "
+        "vllm serve flags, as the local replicas get them) and exit without starting anything",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="gateway interface (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="gateway port")
     parser.add_argument("--api-token", default=None, help="bearer token required by control endpoints")
@@ -68,7 +98,8 @@ def make_parser() -> argparse.ArgumentParser:
         "--render-servers",
         type=int,
         default=None,
-        help="vLLM render servers for rendering and parsing (default: one per replica; 0: use the replicas)",
+        help="vLLM render servers on this host for rendering and parsing (default: one per local replica, 1 with "
+        "no local replica; they need the model's tokenizer files here; 0: render on the replicas themselves)",
     )
     return parser
 
@@ -77,23 +108,57 @@ CPU_REPLICA_NICENESS = 19
 KEEP_ALIVE_SECONDS = 600
 
 
-def replica_plan(args: argparse.Namespace, vllm_args: list[str], cpu: bool) -> list[dict]:
-    """Name, flags, environment and niceness of each replica."""
+def replica_flags(vllm_args: list[str], cpu: bool) -> list[str]:
+    """The `vllm serve` flags of every replica (local, remote and render servers): `vllm_args` and what the gateway
+    needs. The one place they are built, so `--print-replica-command` prints what local replicas get."""
     flags = list(vllm_args)
     if "--enable-scale-out" not in flags:
         flags.append("--enable-scale-out")
-    if not any(f.split("=", 1)[0] == "--weight-transfer-config" for f in flags):
+    if not any(f.split("=", 1)[0].split(".", 1)[0] == "--weight-transfer-config" for f in flags):
         # weight sync (weight_sync.py): NCCL on GPUs, this project's shared-memory backend on the CPU build
         flags += ["--weight-transfer-config", json.dumps({"backend": "trl_agents_shm" if cpu else "nccl"})]
     if cpu:
         flags += cpu_defaults(flags)
+    return flags
+
+
+def replica_env(flags: list[str]) -> dict[str, str]:
+    """Environment every replica needs beside `VLLM_SERVER_DEV_MODE=1` (which `ServerProcess` sets)."""
+    return {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"} if "--enable-lora" in flags else {}
+
+
+def weight_transfer_backend(flags: list[str]) -> str:
+    """The weight-transfer backend `flags` select, read as vLLM reads them: `--weight-transfer-config JSON` (the last
+    one wins), overridden by `--weight-transfer-config.backend NAME` wherever it is (vLLM's parser appends dotted
+    flags after the others); vLLM's default, `nccl`, when neither is given."""
+    configured, dotted = {}, None
+    for i, flag in enumerate(flags):
+        name, has_value, value = flag.partition("=")
+        if name not in ("--weight-transfer-config", "--weight-transfer-config.backend"):
+            continue
+        value = value if has_value else (flags[i + 1] if i + 1 < len(flags) else "")
+        if name.endswith(".backend"):
+            dotted = value.strip('"')  # vLLM accepts it bare or JSON-quoted
+            continue
+        try:
+            configured = json.loads(value)
+        except ValueError as exc:
+            raise SystemExit(f"trl vllm-serve-async: --weight-transfer-config {value!r} is not JSON: {exc}") from exc
+        if not isinstance(configured, dict):
+            raise SystemExit(f"trl vllm-serve-async: --weight-transfer-config {value!r} is not a JSON object")
+    return dotted or configured.get("backend", "nccl")
+
+
+def replica_plan(args: argparse.Namespace, vllm_args: list[str], cpu: bool) -> list[dict]:
+    """Name, flags, environment and niceness of each local replica."""
+    flags = replica_flags(vllm_args, cpu)
     plans = []
     cores = os.cpu_count() or 1
     tp = _tensor_parallel_size(vllm_args)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     devices = visible.split(",") if visible else [str(i) for i in range(args.data_parallel_size * tp)]
     for i in range(args.data_parallel_size):
-        env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"} if "--enable-lora" in flags else {}
+        env = replica_env(flags)
         if cpu:
             if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
                 env["VLLM_CPU_OMP_THREADS_BIND"] = str(i % cores)
@@ -108,6 +173,39 @@ def replica_plan(args: argparse.Namespace, vllm_args: list[str], cpu: bool) -> l
         niceness = CPU_REPLICA_NICENESS if cpu else 0
         plans.append({"name": f"replica-{i}", "args": flags, "env": env, "niceness": niceness})
     return plans
+
+
+REMOTE_PORT = 8001  # the port in the printed replica command
+
+
+def replica_command(model: str, vllm_args: list[str], cpu: bool) -> list[str]:
+    """The command (environment assignments first) that starts a replica for `--replica` on another node."""
+    flags = replica_flags(vllm_args, cpu)
+    env = [f"{k}={v}" for k, v in {"VLLM_SERVER_DEV_MODE": "1", **replica_env(flags)}.items()]
+    # the CPU build's `vllm` console script does not work (process.py): the module form is the same server
+    server = (
+        ["python", "-m", "vllm.entrypoints.openai.api_server", "--model", model] if cpu else ["vllm", "serve", model]
+    )
+    return [*env, *server, "--host", "0.0.0.0", "--port", str(REMOTE_PORT), *flags]
+
+
+def replica_command_text(model: str, vllm_args: list[str], cpu: bool) -> str:
+    """What `--print-replica-command` prints: comment lines, then the command, shell-quoted, on the last line."""
+    notes = [
+        f"# Run on each node that serves a replica, then add it here with --replica http://NODE:{REMOTE_PORT}.",
+        f"# The node needs vLLM {local_vllm_version()} and the model as {model} (or serve it under that name with "
+        "--served-model-name).",
+    ]
+    if cpu:
+        notes.append(
+            "# CPU build: its `vllm` console script does not work, so the module form of `vllm serve` is used."
+        )
+    if weight_transfer_backend(replica_flags(vllm_args, cpu)) == "trl_agents_shm":
+        notes.append(
+            "# trl_agents_shm moves weights through shared memory: the replica must run on the trainer's host, "
+            "with trl-agents installed."
+        )
+    return "\n".join([*notes, shlex.join(replica_command(model, vllm_args, cpu))])
 
 
 def _tensor_parallel_size(vllm_args: list[str]) -> int:
@@ -150,6 +248,35 @@ def start_replicas(replicas: list[ServerProcess], timeout: float) -> None:
         time.sleep(0.5)
 
 
+def local_replica_count(args: argparse.Namespace) -> int:
+    """`--data-parallel-size`, or its default: 1 without `--replica`, 0 with it."""
+    count = args.data_parallel_size
+    if count is None:
+        return 0 if args.replica else 1
+    if count < 0:
+        raise SystemExit("trl vllm-serve-async: --data-parallel-size must be 0 or more")
+    if count == 0 and not args.replica:
+        raise SystemExit("trl vllm-serve-async: nothing to serve: --data-parallel-size 0 needs at least one --replica")
+    return count
+
+
+def render_server_count(args: argparse.Namespace) -> int:
+    """`--render-servers`, or its default: one per local replica, 1 when every replica is remote."""
+    if args.render_servers is None:
+        return max(1, args.data_parallel_size)
+    if args.render_servers < 0:
+        raise SystemExit("trl vllm-serve-async: --render-servers must be 0 or more")
+    return args.render_servers
+
+
+def remote_url(url: str) -> str:
+    """`url` without a trailing slash; `SystemExit` unless it looks like `http://HOST:PORT`."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SystemExit(f"trl vllm-serve-async: --replica {url!r} is not a URL like http://HOST:PORT")
+    return url.rstrip("/")
+
+
 def main(argv: list[str]) -> int:
     import uvicorn
 
@@ -157,21 +284,34 @@ def main(argv: list[str]) -> int:
     from .weight_sync import SyncConfig
 
     args, vllm_args = make_parser().parse_known_args(argv)
-    if args.data_parallel_size < 1:
-        raise SystemExit("trl vllm-serve-async: --data-parallel-size must be at least 1")
-    if args.render_servers is not None and args.render_servers < 0:
-        raise SystemExit("trl vllm-serve-async: --render-servers must be 0 or more")
+    cpu = is_cpu_build()
+    if args.print_replica_command:
+        print(replica_command_text(args.model, vllm_args, cpu), flush=True)
+        return 0
+    args.data_parallel_size = local_replica_count(args)
+    args.replica = [remote_url(url) for url in args.replica]
+    n_render = render_server_count(args)
     if args.weight_sync_timeout <= 0:
         raise SystemExit("trl vllm-serve-async: --weight-sync-timeout must be positive")
     if not 0 < args.port < 65536:
         raise SystemExit(f"trl vllm-serve-async: --port {args.port} is not a valid port")
+    flags = replica_flags(vllm_args, cpu)
+    backend = weight_transfer_backend(flags)
+    try:  # before anything starts: a replica that cannot serve stops the command at once
+        remotes = check_replicas(args.replica, model=args.model, backend=backend, lora="--enable-lora" in flags)
+    except ReplicaCheckError as exc:
+        print(f"[vllm-serve-async] {exc}", file=sys.stderr, flush=True)
+        return 2
+    named_remotes = [(f"remote-{i}", remote) for i, remote in enumerate(remotes)]
+    for name, remote in named_remotes:
+        workers = f"{remote.workers} worker{'s' if remote.workers != 1 else ''}"
+        print(f"[vllm-serve-async] {name}: {remote.url} (vLLM {remote.version}, {workers})", flush=True)
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="trl-agents-replicas-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    plans = replica_plan(args, vllm_args, is_cpu_build())
+    plans = replica_plan(args, vllm_args, cpu)
     replicas = [VLLMReplica(args.model, log_path=log_dir / f"{plan['name']}.log", **plan) for plan in plans]
-    n_render = args.data_parallel_size if args.render_servers is None else args.render_servers
     renderers = [
-        RenderServer(args.model, name=f"render-{i}", args=plans[0]["args"], log_path=log_dir / f"render-{i}.log")
+        RenderServer(args.model, name=f"render-{i}", args=flags, log_path=log_dir / f"render-{i}.log")
         for i in range(n_render)
     ]
 
@@ -190,11 +330,12 @@ def main(argv: list[str]) -> int:
     try:
         start_replicas([*replicas, *renderers], args.startup_timeout)
         config = GatewayConfig(
-            replicas=[(r.name, r.url) for r in replicas],
+            replicas=[(r.name, r.url) for r in replicas] + [(name, r.url) for name, r in named_remotes],
             render_urls=[r.url for r in renderers],
             api_token=args.api_token,
             sync=SyncConfig.from_total(args.weight_sync_timeout),
             journal_dir=args.journal_dir,
+            weight_transfer_backend=backend,  # trainers read it (GET /weights) to pick the same one
         )
         print(
             f"[vllm-serve-async] gateway on http://{args.host}:{args.port} (sessions: /sessions/{{sid}}/v1)",

@@ -103,6 +103,9 @@ class GroupLayout:
         }
 
 
+GROUP_INIT_FAILED = "weight-transfer group init failed"  # how a failed rendezvous quarantines a replica
+
+
 def is_group_init(init_info: Any) -> bool:
     """True for the init of a group backend (vLLM's NCCL and sparse NCCL): one rank per worker, offsets to assign."""
     return isinstance(init_info, dict) and "rank_offset" in init_info and "world_size" in init_info
@@ -268,7 +271,7 @@ class WeightSync:
         bodies = [{"init_info": {**init_info, "rank_offset": offsets[r.name]}} for r in replicas]
         failed = await self._fan_out(replicas, "/init_weight_transfer_engine", bodies, self.config.call_timeout)
         for name, reason in failed.items():
-            self.router.by_name(name).quarantined = f"weight-transfer group init failed: {reason}"
+            self.router.by_name(name).quarantined = f"{GROUP_INIT_FAILED}: {reason}"
         if failed:
             raise SyncError(
                 502,
@@ -278,9 +281,8 @@ class WeightSync:
             )
         self.group, self._group_broken = layout, ""
         for replica in replicas:
-            self._initialized.add(replica.name)
-            if replica.quarantined.startswith("weight-transfer group init failed"):
-                replica.quarantined = ""  # its weights were never touched: it serves again
+            if replica.quarantined.startswith(GROUP_INIT_FAILED):
+                replica.quarantined = ""  # only the rendezvous failed, its weights were never touched: it serves again
         return {"replicas": [r.name for r in replicas], "failed": {}, "layout": layout.to_dict()}
 
     async def _init_on(self, replicas: list[ReplicaHandle]) -> dict[str, str]:
