@@ -1,9 +1,13 @@
-"""The offline toy repo-repair suite (examples/code_repair/toy_suite.py): deterministic build, every task verified,
-and single-commit shallow fetches of task commits."""
+"""The offline toy repo-repair suite (examples/code_repair/toy_suite.py, data in examples/code_repair/toy_data/):
+deterministic build with pinned commit hashes, every task verified, the clean repositories pass their own tests, and
+single-commit shallow fetches of task commits."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -21,9 +25,68 @@ def git(*args: str, cwd: Path | None = None, stdin: str | None = None) -> str:
     return proc.stdout
 
 
+PINNED = Path(__file__).parent / "data" / "toy_suite_hashes.json"
+
+
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory) -> list[dict]:
     return toy_suite.build(tmp_path_factory.mktemp("toy-suite"))
+
+
+def fingerprint(rows: list[dict]) -> dict:
+    """Each repository's clean commit; each task's buggy commit and a hash of its row but for the local `repo` path."""
+    repos = {
+        Path(repo).name: git("rev-parse", "main", cwd=repo).strip() for repo in dict.fromkeys(r["repo"] for r in rows)
+    }
+    tasks = {}
+    for row in rows:
+        fields = json.dumps({key: value for key, value in row.items() if key != "repo"}, sort_keys=True)
+        tasks[row["instance_id"]] = {
+            "base_commit": row["base_commit"],
+            "row_sha256": hashlib.sha256(fields.encode()).hexdigest(),
+        }
+    return {"repos": repos, "tasks": tasks}
+
+
+def test_build_matches_pinned_hashes(suite):
+    """Any byte of the toy data, or any change to how it is committed, changes a hash here. When the change is
+    deliberate, write the printed values into tests/data/toy_suite_hashes.json (and consider bumping toy_suite.VERSION:
+    caches built before keep the old repositories)."""
+    pinned = json.loads(PINNED.read_text())
+    actual = fingerprint(suite)
+    new = json.dumps(actual, indent=2)
+    assert actual == pinned and list(actual["tasks"]) == list(pinned["tasks"]), f"the toy suite changed; now:\n{new}"
+
+
+@pytest.mark.parametrize("name", toy_suite.repo_names())
+def test_clean_repo_passes_its_own_tests(name, tmp_path):
+    """Each repository of toy_data/repos/, as is, passes all its tests, run the way the suite runs them."""
+    work = tmp_path / name
+    shutil.copytree(toy_suite.DATA / "repos" / name, work, ignore=shutil.ignore_patterns(*toy_suite.SKIPPED))
+    outcomes, output = toy_suite.run_pytest(work, toy_suite.TEST_COMMAND, [], tmp_path / "report.xml")
+    tests = re.findall(r"^def (test_\w+)\(", (work / "tests" / "test_basic.py").read_text(), flags=re.M)
+    assert outcomes == {f"tests/test_basic.py::{test}": "passed" for test in tests}, output
+
+
+def test_data_is_checked_when_loaded(tmp_path, monkeypatch):
+    """CRLF line endings and a task whose `fail_to_pass` does not match its test file fail loudly; the names the
+    data had in the module still answer (`REPOS`, `BUGS`) or say where it went (`PYTEST_INI`)."""
+    assert toy_suite.REPOS["calc"]["pytest.ini"] == (toy_suite.DATA / "repos/calc/pytest.ini").read_text()
+    assert toy_suite.BUGS["calc"][0].fixed == "return left - right"
+    with pytest.raises(AttributeError, match="pytest.ini"):
+        toy_suite.PYTEST_INI  # noqa: B018
+    data = tmp_path / "toy_data"
+    shutil.copytree(toy_suite.DATA, data)
+    monkeypatch.setattr(toy_suite, "DATA", data)
+    readme = data / "repos" / "calc" / "README.md"
+    readme.write_bytes(readme.read_bytes().replace(b"\n", b"\r\n"))
+    with pytest.raises(ValueError, match="CR line endings"):
+        toy_suite.repo_files("calc")
+    spec = json.loads((data / "tasks.json").read_text())
+    spec["calc"][0]["fail_to_pass"] = ["test_other"]
+    (data / "tasks.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="calc task 1: fail_to_pass"):
+        toy_suite.load_bugs()
 
 
 def test_build_is_deterministic(tmp_path):

@@ -1,0 +1,1 @@
+"""Half-open intervals and calendar helpers."""

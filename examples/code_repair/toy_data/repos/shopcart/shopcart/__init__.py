@@ -1,0 +1,1 @@
+"""An inventory and shopping-cart model (money in integer cents)."""

@@ -1,0 +1,5 @@
+from calc import evaluate
+
+
+def test_divide_by_negative():
+    assert evaluate("8 / -2") == -4

@@ -1,0 +1,15 @@
+from shopcart.cart import Cart
+from shopcart.inventory import Inventory, Product
+
+
+def make_inventory():
+    inventory = Inventory()
+    inventory.add_product(Product("apple", "Apple", 50), 100)
+    inventory.add_product(Product("pear", "Pear", 80), 3)
+    return inventory
+
+
+def test_bulk_discount_from_ten_units():
+    cart = Cart(make_inventory())
+    cart.add("apple", 10)
+    assert cart.subtotal() == 450
