@@ -226,7 +226,9 @@ def test_failing_episodes_never_stop_training_and_are_counted(gateway, client, t
     data = dataset(tiny_model_dir, 16, mode=modes)
     model = fresh_model(tiny_model_dir)
     client.update_weights(model)
-    rollout = AgentRollout(failing_agent, client, dataset=data, max_concurrency=8, timeout=4)
+    # timeout: "hang" episodes must hit it; "ok" ones take well under a second, but a loaded 2-core CI machine
+    # once stretched one past 4 s (counted as a timeout), so the margin is wide
+    rollout = AgentRollout(failing_agent, client, dataset=data, max_concurrency=8, timeout=10)
     args = grpo_args(tmp_path, per_device_train_batch_size=8, num_generations=2, max_steps=4, max_completion_length=64)
     seen = []
 
@@ -261,7 +263,8 @@ def test_forked_episode_trains_on_its_last_segment(gateway, client, tiny_model_d
         return {"answer": last.choices[0].message.content}
 
     data = dataset(tiny_model_dir, 2)
-    rollout = AgentRollout(forking_agent, client, dataset=data)
+    # no dataset: the agent's rows (it reads "model") come from the trainer's train_dataset
+    rollout = AgentRollout(forking_agent, client)
     trainer = GRPOTrainer(
         model=fresh_model(tiny_model_dir),
         reward_funcs=answer_length,

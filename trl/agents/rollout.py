@@ -254,9 +254,10 @@ class AgentRollout(EpisodeRollout):
     Args:
         agent: `agent(example, base_url) -> dict | None`, sync or async (see `Agent`).
         client: A `trl.agents.ServerClient` for the gateway.
-        dataset: The training dataset. The trainer passes only prompts to a `rollout_func`; with the dataset each
-            prompt is looked up to give the agent its whole row (repository, commit, tests ...). Without it, the
-            agent gets `{"prompt": prompt}`.
+        dataset: The dataset whose rows the agent gets. The trainer passes only prompts to a `rollout_func`; each
+            prompt is looked up here to give the agent its whole row (repository, commit, tests ...). When not
+            given, the rows of the trainer's own `train_dataset` and `eval_dataset` are used (indexed at the first
+            call); an agent without either gets `{"prompt": prompt}`.
         max_concurrency: Episodes running at once in this process.
         timeout: Seconds one episode may take.
         max_completion_length, progress, record_to: see `EpisodeRollout`.
@@ -305,6 +306,14 @@ class AgentRollout(EpisodeRollout):
                 )
             examples[key] = dict(row)
         return examples
+
+    def __call__(self, prompts: list[Any], trainer) -> dict[str, list]:
+        if self.examples is None:  # no dataset given: the trainer's own rows, found once
+            datasets = [getattr(trainer, "train_dataset", None), getattr(trainer, "eval_dataset", None)]
+            datasets = [d for ds in datasets for d in (ds.values() if isinstance(ds, dict) else [ds]) if d is not None]
+            if datasets:
+                self.examples = {k: v for d in datasets for k, v in self._index(d).items()}
+        return super().__call__(prompts, trainer)
 
     def example_for(self, prompt: Any) -> dict[str, Any]:
         if self.examples is None:

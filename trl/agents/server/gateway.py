@@ -17,7 +17,13 @@ adds only what training needs, each route for one reason:
 * `GET /metrics`: sessions, turns, tokens, forks, errors, per-replica load, in Prometheus text format.
 
 Errors are OpenAI-style JSON; errors from vLLM are passed on with its own status and message.
-Not here: starting processes (`launch.py`), the turn pipeline (`recording.py`).
+
+Where things are: `GatewayConfig` and `Gateway` (the state and the work: one method per thing a route does) are
+here, with `create_app`, which puts one `Gateway` on `app.state`. The routes are thin, one `APIRouter` per family
+under `routes/` (listed in its `__init__`); errors are raised anywhere and turned into responses in one place
+(`errors.py`); the bodies the gateway reads itself are models in `protocol.py`.
+Not here: starting processes (`launch.py`), the turn pipeline (`recording.py`), the weight-sync phases
+(`weight_sync.py`).
 """
 
 from __future__ import annotations
@@ -25,28 +31,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
-import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .protocol import chat_stream, completion_stream, error_response
-from .recording import Recorder, Timeouts, TurnError
-from .routing import NoReplicaAvailable, ReplicaHandle, Router
-from .sessions import SESSION_ID, SessionStore
-from .upstream import CALL_SECONDS, CALLS, ReplicaUnreachable, UpstreamError, new_session
-from .weight_sync import SyncConfig, SyncError, WeightSync
+from .errors import ServiceUnavailable, register_error_handlers
+from .protocol import error_response
+from .recording import Recorder, Timeouts
+from .routes import ROUTERS
+from .routing import ReplicaHandle, Router
+from .sessions import Session, SessionStore
+from .upstream import CALL_SECONDS, CALLS, GatewayError, new_session
+from .weight_sync import SyncConfig, WeightSync
 
-
-logger = logging.getLogger("trl.agents.gateway")
 
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 
@@ -84,7 +86,12 @@ class GatewayConfig:
 
 
 class Gateway:
-    """State shared by the routes: router, sessions, recorder, policy version, counters."""
+    """The gateway's state and its work, one method per thing a route does; a method that refuses raises (the
+    exceptions of `errors.py`, `GatewayError` and its subclasses, `NoReplicaAvailable`, ...), never answers itself.
+
+    State: the replicas (`router`) and render servers, the sessions, the recorder, the weight sync (which holds the
+    policy version), and the counters `/metrics` exports (`turns`, `tokens`, `errors`).
+    """
 
     def __init__(self, config: GatewayConfig):
         self.config = config
@@ -103,8 +110,7 @@ class Gateway:
         self.tokens = Counter()  # "sampled" / "inserted"
         self.errors = Counter()  # HTTP status -> count
 
-    async def check_health(self) -> None:
-        await self.router.check_health(self.client, extra=self.renderers)
+    # -- lifecycle ---------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.client = self.recorder.client = self.weights.client = new_session()
@@ -115,18 +121,160 @@ class Gateway:
                 models = await r.json()
             self.recorder.max_model_len = int(models["data"][0]["max_model_len"])
 
+    async def check_health(self) -> None:
+        await self.router.check_health(self.client, extra=self.renderers)
+
     async def health_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.health_interval)
             await self.check_health()
 
-    def authorized(self, request: Request) -> bool:
+    # -- recorded turns ----------------------------------------------------------------------------------------
+
+    async def run_turn(self, sid: str, body: dict[str, Any], kind: str) -> dict[str, Any]:
+        """Record one turn of session `sid` and return vLLM's answer (`kind`: "chat" or "completion").
+
+        `sid` is a valid session id (the route checks it before reading the body). A new session is pinned to the
+        replica with the fewest sessions. Turns of one session run one at a time, and each on one policy version.
+        """
+        if body.get("n", 1) not in (1, None):
+            raise GatewayError(400, "session routes record one sample per request: use one session per sample (n=1)")
+        session = self._session(sid)
+        replica = self.router.by_name(session.replica)
+        run = self.recorder.chat_turn if kind == "chat" else self.recorder.completion_turn
+        async with session.lock, self.weights.turn() as policy:
+            self._check_serving(sid, replica)
+            before = _token_counts(session)
+            try:
+                answer = await run(session, replica, body, policy)
+            finally:
+                self.sessions.save(session)  # whatever the turn recorded, even when it then failed
+            after = _token_counts(session)
+        self.turns += 1
+        sampled = after[1] - before[1]
+        self.tokens["sampled"] += sampled
+        self.tokens["inserted"] += after[0] - before[0] - sampled
+        return answer
+
+    def _session(self, sid: str) -> Session:
+        """Session `sid`; a new one is created on the replica with the fewest sessions (`NoReplicaAvailable`)."""
+        session = self.sessions.get(sid)
+        if session is None:
+            session = self.sessions.create(sid, self.router.assign_session().name)
+        return session
+
+    def _check_serving(self, sid: str, replica: ReplicaHandle) -> None:
+        """503 unless the session's replica, and the render server it uses, are up."""
+        renderer = self.recorder.renderer(replica)
+        if not renderer.healthy:
+            raise ServiceUnavailable(f"{renderer.name} is down: {renderer.reason}")
+        if not replica.serving:
+            raise ServiceUnavailable(f"{replica.name}, which serves session {sid}, is down: {replica.down_reason}")
+
+    # -- sessions (control plane) ------------------------------------------------------------------------------
+
+    def list_sessions(self) -> dict[str, Any]:
+        return {
+            "sessions": [
+                {"session_id": s.session_id, "replica": s.replica, "forks": s.forks, "segments": len(s.segments)}
+                for s in self.sessions
+            ]
+        }
+
+    async def trajectory(self, sid: str) -> JSONResponse:
+        """Session `sid`'s recording, rendered under its lock: never a half-recorded turn (`to_dict` shares the
+        session's lists, so the JSON is written before the lock is released, not by the route afterwards)."""
+        session = self.sessions.get(sid)
+        if session is None:
+            raise GatewayError(404, f"unknown session {sid[:200]!r}")
+        async with session.lock:
+            return JSONResponse(session.to_dict())
+
+    def delete_session(self, sid: str) -> dict[str, Any]:
+        session = self.sessions.delete(sid)
+        if session is None:
+            raise GatewayError(404, f"unknown session {sid[:200]!r}")
+        self.router.release_session(session.replica)
+        return {"deleted": sid}
+
+    def authorized(self, authorization: str) -> bool:
+        """Whether an `Authorization` header value carries the control token (always, when none is set)."""
         if self.config.api_token is None:
             return True
-        given = request.headers.get("authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {self.config.api_token}".encode())
+        return hmac.compare_digest(authorization.encode(), f"Bearer {self.config.api_token}".encode())
+
+    # -- weights -----------------------------------------------------------------------------------------------
+
+    async def weight_layout(self) -> dict[str, Any]:
+        """The weight-transfer group a group init would form now, and the deadline of that init."""
+        layout = await self.weights.layout()
+        return {**layout.to_dict(), "init_timeout": self.weights.config.call_timeout}
+
+    # -- unrecorded traffic ------------------------------------------------------------------------------------
+
+    async def forward(self, request: Request, path: str) -> Response:
+        """Send `request` as it is to the least busy replica's `/v1/{path}` and stream the answer back with its
+        status and headers (hop-by-hop headers dropped both ways). Not recorded."""
+        replica = self.router.pick()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        data = await request.body()  # before counting the request on the replica: reading it can fail
+        replica.inflight += 1
+        try:
+            response = await self.client.request(
+                request.method,
+                f"{replica.url}/v1/{path}",
+                params=list(request.query_params.multi_items()),
+                headers=headers,
+                data=data,
+                timeout=aiohttp.ClientTimeout(total=self.config.timeouts.generate),
+            )
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            replica.inflight -= 1
+            if not isinstance(exc, asyncio.TimeoutError):
+                replica.mark_down(f"{type(exc).__name__}: {exc}")
+            raise ServiceUnavailable(f"{replica.name} is unreachable: {type(exc).__name__}: {exc}") from exc
+
+        async def close() -> None:
+            replica.inflight -= 1
+            response.release()
+
+        if response.status >= 400:
+            self.errors[response.status] += 1
+        out_headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_HEADERS}
+        return StreamingResponse(
+            response.content.iter_any(),
+            status_code=response.status,
+            headers=out_headers,
+            background=BackgroundTask(close),
+        )
+
+    # -- health and metrics ------------------------------------------------------------------------------------
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """`/health`'s status and body: 503, with the reason, when any replica or render server is down."""
+        replicas = [
+            {
+                "name": r.name,
+                "url": r.url,
+                "healthy": r.healthy,
+                "reason": r.reason,
+                "sessions": r.sessions,
+                "quarantined": r.quarantined,
+            }  # fmt: skip
+            for r in self.router.replicas
+        ]
+        down = [r for r in [*self.router.replicas, *self.renderers] if not r.serving]
+        body = {
+            "status": "unhealthy" if down else "ok",
+            "reason": "; ".join(f"{r.name} is down: {r.down_reason}" for r in down),
+            "policy_version": self.weights.version,
+            "render_servers": [{"name": r.name, "url": r.url, "healthy": r.healthy} for r in self.renderers],
+            "replicas": replicas,
+        }
+        return (503 if down else 200), body
 
     def fail(self, status: int, message: str, type_: str | None = None) -> JSONResponse:
+        """An error response, counted (`errors.py` calls it for every refusal)."""
         self.errors[status] += 1
         return error_response(status, message, type_)
 
@@ -164,273 +312,29 @@ class Gateway:
         return "\n".join(lines) + "\n"
 
 
+def _token_counts(session: Session) -> tuple[int, int]:
+    """Tokens recorded in `session`, and how many of them were sampled."""
+    return sum(len(s.tokens) for s in session.segments), sum(s.tokens.num_sampled for s in session.segments)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI):
+    """Start the app's gateway (first health check, context length) and its health loop; close its client after."""
+    gateway: Gateway = app.state.gateway
+    await gateway.start()
+    task = asyncio.create_task(gateway.health_loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await gateway.client.close()
+
+
 def create_app(config: GatewayConfig) -> FastAPI:
-    """Build the gateway's FastAPI application."""
-    gateway = Gateway(config)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):
-        await gateway.start()
-        task = asyncio.create_task(gateway.health_loop())
-        try:
-            yield
-        finally:
-            task.cancel()
-            await gateway.client.close()
-
+    """Build the gateway's FastAPI application: one `Gateway` on `app.state`, the routers, the error handlers."""
     app = FastAPI(title="trl vllm-serve-async gateway", lifespan=lifespan)
-    app.state.gateway = gateway
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError):
-        return gateway.fail(400, f"invalid request: {exc.errors()}")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException):
-        return gateway.fail(exc.status_code, str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def unexpected_error(request: Request, exc: Exception):
-        logger.exception("unexpected error on %s %s", request.method, request.url.path)
-        return gateway.fail(500, f"gateway error: {type(exc).__name__}: {exc}", "ServerError")
-
-    async def read_json(request: Request) -> dict[str, Any] | JSONResponse:
-        raw = await request.body()
-        if len(raw) > config.max_body_bytes:
-            return gateway.fail(413, f"request body of {len(raw)} bytes exceeds {config.max_body_bytes}")
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return gateway.fail(400, f"request body is not valid JSON: {exc}")
-        if not isinstance(body, dict):
-            return gateway.fail(400, "request body must be a JSON object")
-        return body
-
-    def unauthorized() -> JSONResponse:
-        return gateway.fail(401, "missing or wrong bearer token for a control endpoint", "AuthenticationError")
-
-    # -- recorded OpenAI routes ------------------------------------------------------------------------------
-
-    async def recorded_turn(sid: str, request: Request, kind: str):
-        if not SESSION_ID.match(sid):
-            return gateway.fail(400, f"invalid session id {sid[:200]!r}: use 1-128 of [A-Za-z0-9._-]")
-        body = await read_json(request)
-        if isinstance(body, JSONResponse):
-            return body
-        if body.get("n", 1) not in (1, None):
-            return gateway.fail(400, "session routes record one sample per request: use one session per sample (n=1)")
-        session = gateway.sessions.get(sid)
-        if session is None:
-            try:
-                replica = gateway.router.assign_session()
-            except NoReplicaAvailable as exc:
-                return gateway.fail(503, str(exc), "ServiceUnavailableError")
-            session = gateway.sessions.create(sid, replica.name)
-        replica = gateway.router.by_name(session.replica)
-        async with session.lock, gateway.weights.turn() as policy:
-            renderer = gateway.recorder.renderer(replica)
-            if not renderer.healthy:
-                return gateway.fail(503, f"{renderer.name} is down: {renderer.reason}", "ServiceUnavailableError")
-            if not replica.serving:
-                return gateway.fail(
-                    503,
-                    f"{replica.name}, which serves session {sid}, is down: {replica.down_reason}",
-                    "ServiceUnavailableError",
-                )
-            before = sum(len(s.tokens) for s in session.segments), sum(s.tokens.num_sampled for s in session.segments)
-            run = gateway.recorder.chat_turn if kind == "chat" else gateway.recorder.completion_turn
-            try:
-                answer = await run(session, replica, body, policy)
-            except UpstreamError as exc:
-                gateway.errors[exc.status] += 1
-                return JSONResponse(exc.payload, status_code=exc.status)
-            except ReplicaUnreachable as exc:
-                return gateway.fail(503, str(exc), "ServiceUnavailableError")
-            except TurnError as exc:
-                return gateway.fail(exc.status, str(exc))
-            finally:
-                gateway.sessions.save(session)  # whatever the turn recorded, even when it then failed
-            after = sum(len(s.tokens) for s in session.segments), sum(s.tokens.num_sampled for s in session.segments)
-        gateway.turns += 1
-        sampled = after[1] - before[1]
-        gateway.tokens["sampled"] += sampled
-        gateway.tokens["inserted"] += after[0] - before[0] - sampled
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            chunks = chat_stream if kind == "chat" else completion_stream
-            return StreamingResponse(chunks(answer, include_usage), media_type="text/event-stream")
-        return JSONResponse(answer)
-
-    @app.post("/sessions/{sid}/v1/chat/completions")
-    async def session_chat(sid: str, request: Request):
-        return await recorded_turn(sid, request, "chat")
-
-    @app.post("/sessions/{sid}/v1/completions")
-    async def session_completions(sid: str, request: Request):
-        return await recorded_turn(sid, request, "completion")
-
-    @app.get("/sessions/{sid}/v1/models")
-    async def session_models(sid: str, request: Request):
-        return await forward(request, "models")
-
-    # -- control plane ---------------------------------------------------------------------------------------
-
-    @app.get("/sessions")
-    async def list_sessions(request: Request):
-        if not gateway.authorized(request):
-            return unauthorized()
-        return {
-            "sessions": [
-                {"session_id": s.session_id, "replica": s.replica, "forks": s.forks, "segments": len(s.segments)}
-                for s in gateway.sessions
-            ]
-        }
-
-    @app.get("/sessions/{sid}/trajectory")
-    async def trajectory(sid: str, request: Request):
-        if not gateway.authorized(request):
-            return unauthorized()
-        session = gateway.sessions.get(sid)
-        if session is None:
-            return gateway.fail(404, f"unknown session {sid[:200]!r}")
-        async with session.lock:  # never a half-recorded turn
-            return JSONResponse(session.to_dict())
-
-    @app.delete("/sessions/{sid}")
-    async def delete_session(sid: str, request: Request):
-        if not gateway.authorized(request):
-            return unauthorized()
-        session = gateway.sessions.delete(sid)
-        if session is None:
-            return gateway.fail(404, f"unknown session {sid[:200]!r}")
-        gateway.router.release_session(session.replica)
-        return {"deleted": sid}
-
-    def field_of(body: dict, name: str, kinds: tuple[type, ...]):
-        value = body.get(name)
-        if not isinstance(value, kinds):
-            raise SyncError(400, f"`{name}` is required ({' or '.join(k.__name__ for k in kinds)})")
-        return value
-
-    weights = gateway.weights
-    sync_routes = {  # POST /weights/<name>: what the route runs with the request's JSON body
-        "init": lambda b: weights.init(field_of(b, "init_info", (dict, list))),
-        "start": lambda b: weights.start(),
-        "update": lambda b: weights.update(field_of(b, "update_info", (dict, list))),
-        "finish": lambda b: weights.finish(),
-        "abort": lambda b: weights.abort(str(b.get("reason") or "asked by the trainer")),
-        "lora": lambda b: weights.load_lora(field_of(b, "lora_path", (str,)), field_of(b, "lora_name", (str,))),
-    }
-
-    def sync_route(run):
-        async def route(request: Request) -> JSONResponse:
-            if not gateway.authorized(request):
-                return unauthorized()
-            body = await read_json(request) if (await request.body()) else {}
-            if isinstance(body, JSONResponse):
-                return body
-            try:
-                return JSONResponse(await run(body))
-            except SyncError as exc:
-                return gateway.fail(exc.status, str(exc), "WeightSyncError")
-
-        return route
-
-    for name, run in sync_routes.items():
-        app.add_api_route(f"/weights/{name}", sync_route(run), methods=["POST"], name=f"weights_{name}")
-
-    @app.get("/weights")
-    async def weights_status(request: Request):
-        if not gateway.authorized(request):
-            return unauthorized()
-        return weights.status()
-
-    @app.get("/weights/layout")
-    async def weights_layout(request: Request):
-        """The weight-transfer group a group init would form now (ranks per replica, world size)."""
-        if not gateway.authorized(request):
-            return unauthorized()
-        try:
-            layout = await weights.layout()
-        except SyncError as exc:
-            return gateway.fail(exc.status, str(exc), "WeightSyncError")
-        return {**layout.to_dict(), "init_timeout": weights.config.call_timeout}
-
-    @app.get("/health")
-    async def health():
-        replicas = [
-            {
-                "name": r.name,
-                "url": r.url,
-                "healthy": r.healthy,
-                "reason": r.reason,
-                "sessions": r.sessions,
-                "quarantined": r.quarantined,
-            }  # fmt: skip
-            for r in gateway.router.replicas
-        ]
-        servers = [*gateway.router.replicas, *gateway.renderers]
-        down = [r for r in servers if not r.serving]
-        status = 503 if down else 200
-        reason = "; ".join(f"{r.name} is down: {r.down_reason}" for r in down)
-        body = {"status": "unhealthy" if down else "ok", "reason": reason, "policy_version": gateway.weights.version}
-        body["render_servers"] = [{"name": r.name, "url": r.url, "healthy": r.healthy} for r in gateway.renderers]
-        return JSONResponse({**body, "replicas": replicas}, status_code=status)
-
-    @app.get("/metrics")
-    async def metrics():
-        return PlainTextResponse(gateway.metrics_text(), media_type="text/plain; version=0.0.4")
-
-    # -- unrecorded OpenAI routes ----------------------------------------------------------------------------
-
-    async def forward(request: Request, path: str) -> Response:
-        try:
-            replica = gateway.router.pick()
-        except NoReplicaAvailable as exc:
-            return gateway.fail(503, str(exc), "ServiceUnavailableError")
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
-        replica.inflight += 1
-        try:
-            response = await gateway.client.request(
-                request.method,
-                f"{replica.url}/v1/{path}",
-                params=list(request.query_params.multi_items()),
-                headers=headers,
-                data=await request.body(),
-                timeout=aiohttp.ClientTimeout(total=config.timeouts.generate),
-            )
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            replica.inflight -= 1
-            if not isinstance(exc, asyncio.TimeoutError):
-                replica.mark_down(f"{type(exc).__name__}: {exc}")
-            return gateway.fail(
-                503, f"{replica.name} is unreachable: {type(exc).__name__}: {exc}", "ServiceUnavailableError"
-            )
-
-        async def close() -> None:
-            replica.inflight -= 1
-            response.release()
-
-        if response.status >= 400:
-            gateway.errors[response.status] += 1
-        out_headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_HEADERS}
-        return StreamingResponse(
-            response.content.iter_any(),
-            status_code=response.status,
-            headers=out_headers,
-            background=BackgroundTask(close),
-        )
-
-    @app.get("/v1/models")
-    async def models(request: Request):
-        return await forward(request, "models")
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        return await forward(request, "chat/completions")
-
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        return await forward(request, "completions")
-
+    app.state.gateway = Gateway(config)
+    register_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
     return app

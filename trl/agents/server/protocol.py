@@ -1,4 +1,10 @@
-"""Wire formats the gateway writes itself: OpenAI-style errors and server-sent-event streams of a finished turn.
+"""Wire formats the gateway reads and writes itself: the bodies of its weight routes, OpenAI-style errors, and
+server-sent-event streams of a finished turn.
+
+Request bodies: only the ones the gateway acts on itself are models here (the `POST /weights/...` bodies, checked
+strictly: `init_info` must be a JSON object or array, never coerced). The agent's OpenAI requests are deliberately
+not: they are forwarded to vLLM, which validates them with its own models, so the gateway reads them as raw JSON
+(`routes/deps.py: json_object`) and looks only at the few fields it needs (`n`, `stream`, `stream_options`).
 
 Streaming on session routes: the gateway needs the whole turn before it can record it, so it generates the turn,
 then sends it as a valid OpenAI stream (a role chunk, a content chunk, one chunk per tool call, a finish chunk,
@@ -9,10 +15,65 @@ message as without streaming; what they do not get is tokens before the turn end
 from __future__ import annotations
 
 import json
+import types
+import typing
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .weight_sync import SyncError
+
+
+class WeightsBody(BaseModel):
+    """Body of `POST /weights/start` and `/weights/finish` (nothing read), and the base of the other weight bodies:
+    unknown fields are ignored, the fields declared are strict (JSON types as given, no coercion)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class InitBody(WeightsBody):
+    """`POST /weights/init`: vLLM's `init_weight_transfer_engine` body, or a list of one per replica."""
+
+    init_info: dict | list
+
+
+class UpdateBody(WeightsBody):
+    """`POST /weights/update`: vLLM's `update_weights` body, or a list of one per replica."""
+
+    update_info: dict | list
+
+
+class LoraBody(WeightsBody):
+    """`POST /weights/lora`: an adapter saved at `lora_path`, loaded on every replica as `lora_name`."""
+
+    lora_path: str
+    lora_name: str
+
+
+class AbortBody(WeightsBody):
+    """`POST /weights/abort`: why the trainer aborts (any JSON value, shown as text; optional)."""
+
+    reason: Any = None
+
+    @property
+    def reason_text(self) -> str:
+        return str(self.reason or "asked by the trainer")
+
+
+Body = TypeVar("Body", bound=WeightsBody)
+
+
+def parse_weights_body(model: type[Body], body: dict[str, Any]) -> Body:
+    """`body` as a `model`; a missing or mistyped field is a 400 naming the field and the types it takes."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        name = str(exc.errors()[0]["loc"][0])
+        annotation = model.model_fields[name].annotation
+        kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+        raise SyncError(400, f"`{name}` is required ({' or '.join(k.__name__ for k in kinds)})") from None
 
 
 def error_response(status: int, message: str, type_: str | None = None, code: Any = None) -> JSONResponse:

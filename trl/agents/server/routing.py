@@ -6,7 +6,7 @@ flight. A replica is marked down when a connection to it is refused or fails, or
 health checks in a row time out (a saturated CPU replica answers slowly but is alive), and up again when its health
 check passes; sessions pinned to a down replica get a 503 naming it, while the other replicas keep serving.
 
-Not here: process management (`replica.py`) or HTTP forwarding (`gateway.py`).
+Not here: process management (`process.py`) or HTTP forwarding (`gateway.py`).
 """
 
 from __future__ import annotations

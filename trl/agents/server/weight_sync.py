@@ -33,7 +33,7 @@ sync), which is how a quarantined replica that comes back rejoins.
 Adapter-only LoRA (`load_lora`) loads a saved adapter on every replica with vLLM's LoRA API under one name, which the
 gateway then substitutes for the base model in recorded turns.
 
-Not here: the routes (`gateway.py`), the transport (`weights/shm.py` or vLLM's engines).
+Not here: the routes (`routes/weights.py`), the transport (`weights/shm.py` or vLLM's engines).
 """
 
 from __future__ import annotations

@@ -1,0 +1,107 @@
+"""Every error the gateway answers with, mapped to an HTTP response in one place (`register_error_handlers`).
+
+Code anywhere below the routes raises; nothing returns an error response itself. What each exception becomes:
+
+* `GatewayError` and its subclasses (`TurnError`, `SyncError`, `Unauthorized` and `ServiceUnavailable` below): a
+  request the gateway refuses itself: OpenAI-style JSON (`protocol.error_response`) with the exception's status and
+  message; the `type` is the one `ERROR_TYPES` gives its class (`None`: the default for the status).
+* `NoReplicaAvailable`, `ReplicaUnreachable`: 503 `ServiceUnavailableError` with the exception's message.
+* `UpstreamError`: vLLM's own answer, passed on unchanged (its status and its JSON body).
+* FastAPI's and Starlette's own errors (no such route, wrong method, invalid parameters): OpenAI-style JSON too.
+* Anything else: 500 `ServerError` naming the exception, logged with its traceback.
+
+Every error response is counted in `Gateway.errors` by status (exported by `/metrics`), including vLLM's.
+Not here: what raises them (the `Gateway` in `gateway.py`, the routes under `routes/`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .recording import TurnError
+from .routing import NoReplicaAvailable
+from .upstream import GatewayError, ReplicaUnreachable, UpstreamError
+from .weight_sync import SyncError
+
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+
+logger = logging.getLogger("trl.agents.gateway")
+
+
+class Unauthorized(GatewayError):
+    """A control route called without the gateway's bearer token."""
+
+    def __init__(self) -> None:
+        super().__init__(401, "missing or wrong bearer token for a control endpoint")
+
+
+class ServiceUnavailable(GatewayError):
+    """A replica or render server that the request needs is down."""
+
+    def __init__(self, message: str):
+        super().__init__(503, message)
+
+
+# The OpenAI error `type` of each kind of refusal; `None`: the default for its status (`protocol.error_response`).
+# A subclass not listed takes its nearest listed base's entry (Starlette looks handlers up along the class's MRO).
+ERROR_TYPES: dict[type[GatewayError], str | None] = {
+    GatewayError: None,
+    TurnError: None,
+    Unauthorized: "AuthenticationError",
+    ServiceUnavailable: "ServiceUnavailableError",
+    SyncError: "WeightSyncError",
+}
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+def _refusal(type_: str | None):
+    async def handler(request: Request, exc: GatewayError) -> JSONResponse:
+        return _gateway(request).fail(exc.status, str(exc), type_)
+
+    return handler
+
+
+async def _unavailable(request: Request, exc: NoReplicaAvailable | ReplicaUnreachable) -> JSONResponse:
+    return _gateway(request).fail(503, str(exc), "ServiceUnavailableError")
+
+
+async def _upstream(request: Request, exc: UpstreamError) -> JSONResponse:
+    _gateway(request).errors[exc.status] += 1
+    return JSONResponse(exc.payload, status_code=exc.status)
+
+
+async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return _gateway(request).fail(400, f"invalid request: {exc.errors()}")
+
+
+async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _gateway(request).fail(exc.status_code, str(exc.detail))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error on %s %s", request.method, request.url.path)
+    return _gateway(request).fail(500, f"gateway error: {type(exc).__name__}: {exc}", "ServerError")
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    """Map every exception above to its response on `app` (whose `state.gateway` counts them)."""
+    for exc_class, type_ in ERROR_TYPES.items():
+        app.add_exception_handler(exc_class, _refusal(type_))
+    app.add_exception_handler(NoReplicaAvailable, _unavailable)
+    app.add_exception_handler(ReplicaUnreachable, _unavailable)
+    app.add_exception_handler(UpstreamError, _upstream)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _unexpected)  # Starlette re-raises it after answering, for the server log
