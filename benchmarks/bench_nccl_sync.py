@@ -40,25 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
 from bench_trainer import SHAPES, build_model  # noqa: E402
-from standin_replica import gateway_process  # noqa: E402
+from standin_replica import gateway_process, wait_http  # noqa: E402
 
 from trl.agents import ServerClient  # noqa: E402
 from trl.agents.server.process import free_port  # noqa: E402
-
-
-def wait_http(url: str, process: subprocess.Popen, timeout: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: the process exited with {process.returncode}")
-        try:
-            httpx.get(url, timeout=2)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
 def digests(model) -> dict[str, str]:
@@ -199,11 +184,11 @@ def main() -> int:
         )  # fmt: skip
         processes.append(receiver)
         try:
-            wait_http(f"{receiver_url}/health", receiver, 120)
+            wait_http(f"{receiver_url}/health", 120, receiver)
             processes.append(
                 gateway_process([receiver_url], gateway_port, args.sync_timeout, gateway_log, health_interval=2.0)
             )
-            wait_http(f"{gateway_url}/health", processes[-1], 120)
+            wait_http(f"{gateway_url}/health", 120, processes[-1])
             results = []
             for name in args.models:
                 results.append(run_shape(name, gateway_url, receiver_url, args.syncs, free_port(), not args.no_fault))

@@ -210,6 +210,22 @@ def make_handler(state: StandIn):
     return Handler
 
 
+def wait_http(url: str, timeout: float = 60.0, process=None) -> None:
+    """Block until `url` answers (any status); raise if `process` (when given) exits first or `timeout` passes."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited with {process.returncode}")
+        try:
+            httpx.get(url, timeout=2)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
 def gateway_process(replica_urls: list[str], port: int, sync_timeout: float, log, health_interval: float = 0.5):
     """A real gateway process (uvicorn, `create_app`) over `replica_urls`, named replica-0, replica-1, ...; the caller
     waits for its `/health` and kills it. (`trl vllm-serve-async --replica` would first check that each replica is a

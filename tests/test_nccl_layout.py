@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from standin_replica import gateway_process
+from standin_replica import gateway_process, wait_http
 from vllm.distributed.utils import StatelessProcessGroup
 from vllm.distributed.weight_transfer.nccl_common import NCCLWeightTransferInitInfo, worker_init_payload
 from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
@@ -31,17 +31,6 @@ from trl.agents.server.process import free_port
 STANDIN = Path(__file__).with_name("standin_replica.py")
 SYNC_TIMEOUT = 10.0  # the gateway's --weight-sync-timeout: each replica call gets half
 EMPTY_UPDATE = {"update_info": {"names": [], "dtype_names": [], "shapes": []}}
-
-
-def wait_http(url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=2)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
 class StandIn:
