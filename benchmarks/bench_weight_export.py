@@ -24,17 +24,13 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
+from bench_trainer import COMMON, SHAPES, build_model  # a sibling script (this folder is on the path of a script)
 
-
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_trainer import COMMON, SHAPES, build_model  # noqa: E402
-
-from trl.agents.weights.sources import ModelWeights  # noqa: E402
+from trl.agents.weights.sources import ModelWeights
 
 
 BUFFER_BYTES = 1 << 30  # vLLM's default packed-broadcast buffer

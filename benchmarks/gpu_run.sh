@@ -12,7 +12,7 @@ OUT=${OUT:-/tmp/bench-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || { echo "gpu_run: installing the wheels in .whl/ failed"; exit 1; }
-export PYTHONPATH=/tmp/site NCCL_NVLS_ENABLE=0 TRL_EXPERIMENTAL_SILENCE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=/tmp/site:$PWD/examples NCCL_NVLS_ENABLE=0 TRL_EXPERIMENTAL_SILENCE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 rm -rf /tmp/site/trl/agents && cp -r trl/agents /tmp/site/trl/agents
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader
 python3 - <<'PY' || { echo "gpu_run: the software check failed"; exit 1; }

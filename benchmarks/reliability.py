@@ -24,13 +24,11 @@ from pathlib import Path
 
 import httpx
 
+from trl.agents.testing.servers import API_TOKEN, serve_async
+from trl.agents.tiny_model import build
+
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "examples" / "code_repair"))
-from conftest import API_TOKEN, serve_async  # noqa: E402
-
-from trl.agents.tiny_model import build  # noqa: E402
 
 
 ROWS: list[tuple[str, str, str, bool]] = []  # area, what was tried, how much, held
@@ -210,7 +208,7 @@ def restart(model_dir: str, logs: Path, journal: Path, auth: dict, before: dict)
 
 
 def sandbox_escapes() -> None:
-    from sandbox import Limits, Sandbox
+    from code_repair.sandbox import Limits, Sandbox
 
     with tempfile.TemporaryDirectory() as ws, Sandbox(ws, limits=Limits(seconds=3, output_bytes=100_000)) as box:
         attempts = {

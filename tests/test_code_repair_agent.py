@@ -13,14 +13,13 @@ from pathlib import Path
 
 import openai
 import pytest
-import rewards
-import toy_suite
-from agent import STOP_REASONS, AgentConfig, RepairAgent, command_types
-from conftest import API_TOKEN
-from data import Workspaces, load_tasks, repo_url
-from scripted_model import ScriptedModel, expert_edits, patch_edits
 
+from code_repair import rewards, toy_suite
+from code_repair.agent import STOP_REASONS, AgentConfig, RepairAgent, command_types
+from code_repair.data import Workspaces, load_tasks, repo_url
+from code_repair.scripted_model import ScriptedModel, expert_edits, patch_edits
 from trl.agents import ServerClient
+from trl.agents.testing.servers import API_TOKEN
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "code_repair"
@@ -249,8 +248,7 @@ def test_agent_command_line(suite, tasks, tmp_path):
 def test_module_doctests():
     import doctest
 
-    import agent
-    import scripted_model
+    from code_repair import agent, scripted_model
 
     for module in (agent, scripted_model, rewards):
         result = doctest.testmod(module)

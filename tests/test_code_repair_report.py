@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-import report
+from code_repair import report
 
 
 def test_report_has_the_numbers_and_the_plots(tmp_path):
@@ -56,7 +56,7 @@ def test_report_has_the_numbers_and_the_plots(tmp_path):
 
 
 def test_grpo_trains_on_the_tasks_the_sft_model_solves_sometimes():
-    import demo
+    from code_repair import demo
 
     assert demo.screen({"a": 0.25, "b": 1.0, "c": 0.0, "d": 0.75}) == ["a", "d"]
     assert demo.screen({"a": 0.25, "b": 1.0, "c": 0.0}) == ["a", "b", "c"]  # fewer than two: every task

@@ -5,7 +5,8 @@ import os
 import subprocess
 
 import pytest
-import rewards
+
+from code_repair import rewards
 
 
 # Blank context lines are written without their leading space, as editors leave them: the rewards ignore trailing

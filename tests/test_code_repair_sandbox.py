@@ -10,8 +10,9 @@ import threading
 import time
 
 import pytest
-from agent import apply_patch
-from sandbox import Limits, Sandbox, namespaces_available
+
+from code_repair.agent import apply_patch
+from code_repair.sandbox import Limits, Sandbox, namespaces_available
 
 
 @pytest.fixture
@@ -138,7 +139,7 @@ def test_environment_is_scrubbed(sandbox, monkeypatch):
 
 def test_extra_environment_reaches_commands(workspace):
     """`env` (the toy suite's `PYTEST_DISABLE_PLUGIN_AUTOLOAD`, via `data.command_env`) is set for every command."""
-    from data import command_env
+    from code_repair.data import command_env
 
     with Sandbox(workspace, env=command_env("toy")) as box:
         assert box.run("echo $PYTEST_DISABLE_PLUGIN_AUTOLOAD").output.strip() == "1"

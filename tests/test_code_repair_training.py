@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 
-import grpo
-import sft
-from conftest import API_TOKEN
-from data import task_dataset
-
+from code_repair import grpo, sft
+from code_repair.data import task_dataset
 from trl.agents import ServerClient
+from trl.agents.testing.servers import API_TOKEN
 
 
 def test_sft_on_scripted_expert_trajectories(tiny_model_dir, tmp_path):

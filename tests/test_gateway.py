@@ -13,8 +13,8 @@ import httpx
 import litellm
 import openai
 import pytest
-from conftest import FORCE, TOOLS
 
+from tests.helpers import FORCE, TOOLS
 from trl.agents.server.recording import cut_at_stop_string
 
 

@@ -4,9 +4,9 @@ an episode goes on recording after the restart as if nothing happened."""
 from __future__ import annotations
 
 import openai
-from conftest import API_TOKEN, serve_async
 
 from trl.agents import ServerClient
+from trl.agents.testing.servers import API_TOKEN, serve_async
 
 
 def turn(server, sid: str, messages: list[dict], model: str) -> dict:

@@ -1,7 +1,7 @@
 """NCCL weight-transfer groups through a real gateway process: each replica gets its own ranks, bad layouts and
 unreachable trainers fail within the deadline by name, and replicas that leave or come back get a fresh group.
 
-vLLM's NCCL backend needs a GPU, so the replicas here are `standin_replica.py` servers: each simulated worker joins
+vLLM's NCCL backend needs a GPU, so the replicas here are `trl.agents.testing.standin_replica` servers: each simulated worker joins
 the group's rendezvous for real (vLLM's `StatelessProcessGroup` at the rank the gateway gave it) and records what it
 received; the test plays the trainer's rank 0 exactly as vLLM's `NCCLTrainerWeightTransferEngine.trainer_init` does
 (it sends one init body with `rank_offset=1`). Before the gateway assigned offsets, both replicas received
@@ -14,21 +14,20 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 import torch
-from standin_replica import gateway_process, wait_http
 from vllm.distributed.utils import StatelessProcessGroup
 from vllm.distributed.weight_transfer.nccl_common import NCCLWeightTransferInitInfo, worker_init_payload
 from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
 
 from trl.agents import ServerClient, ServerError
 from trl.agents.server.process import free_port
+from trl.agents.testing.standin_replica import gateway_process, wait_http
 
 
-STANDIN = Path(__file__).with_name("standin_replica.py")
+STANDIN = ["-m", "trl.agents.testing.standin_replica"]
 SYNC_TIMEOUT = 10.0  # the gateway's --weight-sync-timeout: each replica call gets half
 EMPTY_UPDATE = {"update_info": {"names": [], "dtype_names": [], "shapes": []}}
 
@@ -40,7 +39,7 @@ class StandIn:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> StandIn:
-        command = [sys.executable, str(STANDIN), "--port", str(self.port), "--workers", str(self.workers)]
+        command = [sys.executable, *STANDIN, "--port", str(self.port), "--workers", str(self.workers)]
         self.process = subprocess.Popen([*command, "--store-timeout", "20"])
         wait_http(f"{self.url}/health")
         return self

@@ -25,10 +25,9 @@ import httpx
 import openai
 import pytest
 import torch
-from conftest import API_TOKEN, SERVE_ARGS
-from test_weight_sync import ATOL, CHANGED, PROMPTS, compare, perturb
 from transformers import AutoModelForCausalLM
 
+from tests.test_weight_sync import ATOL, CHANGED, PROMPTS, compare, perturb
 from trl.agents import ServerClient
 from trl.agents.server.launch import (
     local_replica_count,
@@ -40,6 +39,7 @@ from trl.agents.server.launch import (
 )
 from trl.agents.server.process import ServeAsyncProcess, VLLMReplica, cpu_defaults, free_port
 from trl.agents.server.remote import ROUTES, ReplicaCheckError, check_replica, local_vllm_version, probe_routes
+from trl.agents.testing.servers import API_TOKEN, SERVE_ARGS
 
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}

@@ -14,14 +14,15 @@ from pathlib import Path
 import openai
 import pytest
 import torch
-from conftest import API_TOKEN, FORCE, TOOLS, trainer_logprobs
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
+from tests.helpers import FORCE, TOOLS, trainer_logprobs
 from trl import GRPOConfig, GRPOTrainer
 from trl.agents import AgentRollout, ReplayRollout, ServerClient, WeightSyncCallback
 from trl.agents.masking import MaskedTokens
 from trl.agents.server.sessions import SessionStore
+from trl.agents.testing.servers import API_TOKEN
 
 
 HERE = Path(__file__).parent

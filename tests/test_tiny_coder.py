@@ -9,11 +9,11 @@ import random
 import re
 
 import pytest
-import tiny_coder
-from data import Workspaces, task_dataset
-from scripted_model import HINT
-from sft import write_expert_trajectories
 
+from code_repair import tiny_coder
+from code_repair.data import Workspaces, task_dataset
+from code_repair.scripted_model import HINT
+from code_repair.sft import write_expert_trajectories
 from trl.agents.tiny_model import TinyModelConfig, build_tokenizer
 
 
@@ -82,7 +82,7 @@ def test_the_shipped_tiny_coder_is_what_the_demo_expects(cache, tmp_path):
 
 
 def test_sft_refuses_tasks_that_are_not_in_the_split(cache, tmp_path):
-    import sft
+    from code_repair import sft
 
     argv = ["--model", "unused", "--trajectories", str(tmp_path / "t.jsonl"), "--output-dir", str(tmp_path / "o"),
             "--cache-dir", str(cache), "--write-expert", str(tmp_path / "t.jsonl"),

@@ -13,7 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import toy_suite
+
+from code_repair import toy_suite
 
 
 def git(*args: str, cwd: Path | None = None, stdin: str | None = None) -> str:

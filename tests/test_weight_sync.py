@@ -19,11 +19,12 @@ import openai
 import psutil
 import pytest
 import torch
-from conftest import API_TOKEN, serve_async, trainer_logprobs
 from transformers import AutoModelForCausalLM
 
+from tests.helpers import trainer_logprobs
 from trl.agents import ServerClient, ServerError
 from trl.agents.client import ADAPTER_NAME
+from trl.agents.testing.servers import API_TOKEN, serve_async
 
 
 ATOL = 2e-3

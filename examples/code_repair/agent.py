@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import openai
-from sandbox import CommandResult, Limits, Sandbox, SandboxError
+
+from code_repair.sandbox import CommandResult, Limits, Sandbox, SandboxError
 
 
 SYSTEM_PROMPT = """You are a software engineer fixing a bug in the git repository in your working directory.

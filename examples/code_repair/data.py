@@ -33,11 +33,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from code_repair.gitcmd import git
+
 
 logger = logging.getLogger("code_repair.data")
 
 REQUIRED = ("instance_id", "repo", "base_commit", "problem_statement", "patch")
-GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
 
 
 def load_tasks(source: str | Path, split: str = "train"):
@@ -64,7 +65,7 @@ def task_dataset(source: str, split: str, cache_dir: str | Path, tasks: list[str
     """The task rows to train or evaluate on; `"toy"` builds the offline toy suite under `cache_dir` on first use.
     `tasks`: keep only these instance ids (ValueError naming any that `split` lacks)."""
     if source == "toy":
-        import toy_suite
+        from code_repair import toy_suite
 
         folder = Path(cache_dir) / "toy-suite"
         if not (folder / "tasks.jsonl").exists():
@@ -87,7 +88,7 @@ def task_dataset(source: str, split: str, cache_dir: str | Path, tasks: list[str
 def command_env(source: str) -> dict[str, str]:
     """Extra environment variables for the commands of `source`'s tasks (`toy`: `toy_suite.COMMAND_ENV`)."""
     if source == "toy":
-        import toy_suite
+        from code_repair import toy_suite
 
         return dict(toy_suite.COMMAND_ENV)
     return {}
@@ -141,23 +142,6 @@ def repo_url(repo: str) -> str:
     if re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
         return f"https://github.com/{repo}.git"
     raise ValueError(f"repo {repo!r} is neither a URL, a local folder nor a GitHub owner/name")
-
-
-def git(
-    *args: str, cwd: Path | None, timeout: float = 600, env: dict[str, str] | None = None, stdin: str | None = None
-) -> str:
-    """Run git (by default without prompts or user config); return its stdout; raise with its own error text."""
-    result = subprocess.run(
-        ["git", *args], cwd=cwd, input=stdin, capture_output=True, text=True, timeout=timeout,
-        env=env if env is not None else {**os.environ, **GIT_ENV},
-    )  # fmt: skip
-    if result.returncode != 0:
-        shown = list(args)
-        while shown[:1] == ["-c"]:  # leave out leading `-c name=value` settings
-            shown = shown[2:]
-        command = " ".join(shown)[:200]
-        raise RuntimeError(f"git {command} failed in {cwd}: {result.stderr.strip()[-2000:]}")
-    return result.stdout
 
 
 class Workspaces:

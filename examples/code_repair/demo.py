@@ -41,11 +41,10 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
-import report
-from agent import AgentConfig, RepairAgent
-from data import Workspaces, command_env, task_dataset
-from rewards import TestsPassReward, unified_diff_similarity
-
+from code_repair import report
+from code_repair.agent import AgentConfig, RepairAgent
+from code_repair.data import Workspaces, command_env, task_dataset
+from code_repair.rewards import TestsPassReward, unified_diff_similarity
 from trl.agents import ServerError
 
 
@@ -230,7 +229,7 @@ def main(argv: list[str] | None = None) -> Path:
     with timer.phase("model and tasks"):
         model, expert_tasks = args.model, args.expert_tasks
         if model == "tiny-coder":
-            from tiny_coder import SHIPPED, shipped_build
+            from code_repair.tiny_coder import SHIPPED, shipped_build
 
             model, built = str(SHIPPED), shipped_build()
             expert_tasks = expert_tasks or ",".join(built["seen_tasks"])

@@ -30,9 +30,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from data import Workspaces, add_task_flags, add_trainer_flags, command_env, task_dataset
-from rewards import TestsPassReward, diff_similarity_reward, exact_patch_reward, non_empty_patch_reward
 from transformers import TrainerCallback
+
+from code_repair.data import Workspaces, add_task_flags, add_trainer_flags, command_env, task_dataset
+from code_repair.rewards import TestsPassReward, diff_similarity_reward, exact_patch_reward, non_empty_patch_reward
 
 
 REWARDS = {
@@ -182,7 +183,7 @@ def build_trainer(args, dataset=None, model=None, callbacks=()):
         rollout = ReplayRollout(args.replay, match=args.replay_match, record_to=args.record_to)
         callbacks = list(callbacks)
     else:
-        from agent import AgentConfig, RepairAgent  # the agent needs `openai`; replaying does not
+        from code_repair.agent import AgentConfig, RepairAgent  # the agent needs `openai`; replaying does not
 
         client = ServerClient(
             args.server_url, api_token=args.api_token, timeout=600, transfer=None if args.weight_transfer == "auto" else args.weight_transfer,

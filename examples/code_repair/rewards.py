@@ -24,8 +24,8 @@ import shlex
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
-from data import test_ids
-from sandbox import Limits, Sandbox
+from code_repair.data import test_ids
+from code_repair.sandbox import Limits, Sandbox
 
 
 _HEADER = re.compile(r'^diff --git "?a/(.+?)"? "?b/(.+?)"?$')

@@ -20,8 +20,10 @@ from __future__ import annotations
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
+
+from trl.agents.testing.http import JSONHandler
 
 
 MODEL_NAME = "scripted-expert"
@@ -111,25 +113,25 @@ class ScriptedModel:
     def __init__(self, rows: list[dict[str, Any]], host: str = "127.0.0.1", port: int = 0):
         script = ExpertScript(rows)
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JSONHandler):
             def do_GET(self):
                 if self.path.rstrip("/").endswith("/v1/models"):
-                    return self._send(200, {"object": "list", "data": [{"id": MODEL_NAME, "object": "model"}]})
-                return self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+                    return self.send_json(200, {"object": "list", "data": [{"id": MODEL_NAME, "object": "model"}]})
+                return self.send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
 
             def do_POST(self):
                 if not self.path.rstrip("/").endswith("/chat/completions"):
-                    return self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+                    return self.send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
                 try:
-                    body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                    body = self.read_json()
                     messages = body["messages"]
                 except (ValueError, KeyError, TypeError) as e:
-                    return self._send(400, {"error": {"message": f"bad request: {e}", "type": "invalid_request"}})
+                    return self.send_json(400, {"error": {"message": f"bad request: {e}", "type": "invalid_request"}})
                 message = {"role": "assistant", **script.reply(messages)}
                 finish = "tool_calls" if message.get("tool_calls") else "stop"
                 usage = {"prompt_tokens": _words(messages), "completion_tokens": _words(message)}
                 usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-                return self._send(
+                return self.send_json(
                     200,
                     {
                         "id": "chatcmpl-scripted",
@@ -140,17 +142,6 @@ class ScriptedModel:
                         "usage": usage,
                     },
                 )
-
-            def _send(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args) -> None:  # quiet: tests and the demo print their own progress
-                return
 
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.base_url = f"http://{host}:{self.server.server_address[1]}/v1"

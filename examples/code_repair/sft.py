@@ -24,10 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from agent import TOOLS, AgentConfig, RepairAgent
-from data import Workspaces, add_task_flags, add_trainer_flags, command_env, task_dataset
-from rewards import TestsPassReward
-from scripted_model import ScriptedModel
+from code_repair.agent import TOOLS, AgentConfig, RepairAgent
+from code_repair.data import Workspaces, add_task_flags, add_trainer_flags, command_env, task_dataset
+from code_repair.rewards import TestsPassReward
+from code_repair.scripted_model import ScriptedModel
 
 
 def as_training_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -120,10 +120,10 @@ def statement(rng: random.Random, sentences: list[str], code: list[str]) -> str:
 def synthetic_episode(edit: tuple, text: str, rng: random.Random) -> list[dict[str, Any]]:
     """The expert's episode for one synthetic bug, played by the scripted expert itself (`ExpertScript`) with the
     tool results the agent would have printed: grep the line, patch it, run the tests, submit."""
-    from agent import SYSTEM_PROMPT
-    from scripted_model import ExpertScript
-    from sft import as_training_messages
-    from toy_suite import hint_line
+    from code_repair.agent import SYSTEM_PROMPT
+    from code_repair.scripted_model import ExpertScript
+    from code_repair.sft import as_training_messages
+    from code_repair.toy_suite import hint_line
 
     path, number, indent, buggy, fixed = edit
     task = f"{text}\n\n{hint_line(path, buggy, fixed)}"
@@ -172,11 +172,11 @@ def make_data(out: Path, synthetic: int = 5800, probes: int = 60, seed: int = 0,
     """Write `out/data.pt`: tokenized training episodes (`synthetic`, `seen`) and probes (`held_out`, `unseen`,
     `synthetic`); see the module docstring."""
     import torch
-    from agent import TOOLS
-    from data import Workspaces, command_env, task_dataset
-    from sft import write_expert_trajectories
     from transformers import AutoTokenizer
 
+    from code_repair.agent import TOOLS
+    from code_repair.data import Workspaces, command_env, task_dataset
+    from code_repair.sft import write_expert_trajectories
     from trl.agents import DataCollatorForAgentTrajectories
     from trl.agents.tiny_model import TinyModelConfig, build
 

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data import git
+from code_repair.gitcmd import git
 
 
 DATA = Path(__file__).resolve().parent / "toy_data"

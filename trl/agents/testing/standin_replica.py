@@ -1,4 +1,5 @@
-"""A stand-in for a vLLM server's weight-transfer side, for where a real one cannot run. Not part of the package.
+"""A stand-in for a vLLM server's weight-transfer side, for where a real one cannot run (a test double, shipped in
+`trl.agents.testing` so tests and benchmarks share it).
 
 What it stands in for, and why:
 
@@ -9,7 +10,7 @@ What it stands in for, and why:
   rank 0, must call `all_gather_obj` too: a rank held twice or missing stalls there until the store's deadline). It
   records every body it received (`GET /standin/received`), so tests check what each replica was told, and a wrong
   layout fails the way it would on GPUs: at the rendezvous.
-* **GPU benchmark** (`benchmarks/gpu/nccl_sync.py`): vLLM cannot be installed on the lent GPU machines, but its
+* **GPU benchmark** (`benchmarks/bench_nccl_sync.py`): vLLM cannot be installed on the lent GPU machines, but its
   worker-side NCCL code runs there from its pure-Python files. With `--device cuda` each worker also builds vLLM's
   `PyNcclCommunicator` on that group (`worker_init_process_group`'s steps, with the rank the gateway assigned) and
   `/update_weights` receives with vLLM's own `packed_nccl_broadcast_consumer`, keeping the tensors so the benchmark
@@ -18,21 +19,21 @@ What it stands in for, and why:
 It is not a vLLM server: no model, no sampling, no layerwise reload. Faults are injected with
 `POST /standin/fail {"path": "/update_weights", "times": 1}` (that route answers 500 that many times).
 
-Run: `python tests/standin_replica.py --port 8101 --workers 2 [--device cuda] [--model NAME]`.
+Run: `python -m trl.agents.testing.standin_replica --port 8101 --workers 2 [--device cuda] [--model NAME]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
-import socket
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
+
+from .http import JSONHandler
 
 
 VERSION = "0.31.0"
@@ -164,48 +165,29 @@ def make_handler(state: StandIn):
         "/standin/fail": lambda b: state.faults.update({b["path"]: int(b.get("times", 1))}) or {},
     }
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def setup(self):
-            super().setup()
-            # headers and body leave in two writes: without this, Nagle's algorithm holds the body until the client's
-            # delayed ACK (40 ms per call), which a real vLLM server (uvicorn) does not pay
-            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-        def log_message(self, format, *args):  # noqa: A002 - the base class's name
-            pass  # one line per request would drown the test output
-
-        def answer(self, status: int, payload: Any) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(JSONHandler):
         def do_GET(self):  # noqa: N802 - http.server's naming
             route = gets.get(self.path.split("?")[0])
             if route is None:
-                return self.answer(404, {"detail": "Not Found"})
-            self.answer(200, route())
+                return self.send_json(404, {"detail": "Not Found"})
+            self.send_json(200, route())
 
         def do_POST(self):  # noqa: N802
             path = self.path.split("?")[0]
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            body = self.read_json()
             route = posts.get(path)
             if route is None:
-                return self.answer(404, {"detail": "Not Found"})
+                return self.send_json(404, {"detail": "Not Found"})
             if path in ("/init_weight_transfer_engine", "/update_weights"):
                 with state.lock:
                     state.received.append({"path": path, "body": body, "time": time.time()})
             if state.faults.get(path, 0) > 0:
                 state.faults[path] -= 1
-                return self.answer(500, {"error": {"message": f"stand-in fault injected on {path}"}})
+                return self.send_json(500, {"error": {"message": f"stand-in fault injected on {path}"}})
             try:
-                self.answer(200, route(body))
+                self.send_json(200, route(body))
             except Exception as exc:  # the route's failure goes back to the caller as vLLM's would
-                self.answer(500, {"error": {"message": f"{type(exc).__name__}: {exc}"}})
+                self.send_json(500, {"error": {"message": f"{type(exc).__name__}: {exc}"}})
 
     return Handler
 

@@ -1,0 +1,1 @@
+"""The trl-agents test suite (a package, so test modules import `tests.helpers`)."""
