@@ -82,12 +82,12 @@ def run_config(config: str, args, model_dir: Path, episodes_path: Path, cache: P
     else:
         launch += ["--config_file", str(EXAMPLE / "configs" / f"{config}.yaml")]
     command = launch + [
-        str(EXAMPLE / "grpo.py"), "--model", str(model_dir), "--dataset", "toy", "--cache-dir", str(cache),
-        "--output-dir", str(out), "--replay", str(episodes_path), "--replay-match", "order",
-        "--rewards", "similarity,nonempty", "--num-generations", "4", "--per-device-train-batch-size", "1",
-        "--gradient-accumulation-steps", "4", "--max-steps", str(args.steps), "--learning-rate", "1e-4",
-        "--max-completion-length", str(args.max_tokens), "--metrics-file", str(metrics), "--logging-steps", "1",
-    ] + (["--use-cpu"] if args.tiny else ["--bf16", "--gradient-checkpointing"])  # fmt: skip
+        str(EXAMPLE / "grpo.py"), "--model_name_or_path", str(model_dir), "--dataset", "toy", "--cache_dir", str(cache),
+        "--output_dir", str(out), "--replay", str(episodes_path), "--replay_match", "order",
+        "--rewards", "similarity", "nonempty", "--num_generations", "4", "--per_device_train_batch_size", "1",
+        "--gradient_accumulation_steps", "4", "--max_steps", str(args.steps), "--learning_rate", "1e-4",
+        "--max_completion_length", str(args.max_tokens), "--metrics_file", str(metrics), "--logging_steps", "1",
+    ] + (["--use_cpu"] if args.tiny else ["--bf16", "--gradient_checkpointing"])  # fmt: skip
     env = {**os.environ, "NCCL_NVLS_ENABLE": "0", "TRL_EXPERIMENTAL_SILENCE": "1", "OMP_NUM_THREADS": "1"}
     started = time.perf_counter()
     try:

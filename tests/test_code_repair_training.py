@@ -5,22 +5,25 @@ weight sync per step."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from code_repair import grpo, sft
-from code_repair.data import task_dataset
 from trl.agents import ServerClient
 from trl.agents.testing.servers import API_TOKEN
 
 
+CONFIGS = Path(grpo.__file__).parent / "configs"
+
+
 def test_sft_on_scripted_expert_trajectories(tiny_model_dir, tmp_path):
     expert = tmp_path / "expert.jsonl"
-    argv = ["--model", tiny_model_dir, "--dataset", "toy", "--cache-dir", str(tmp_path / "cache"),
-            "--write-expert", str(expert), "--trajectories", str(expert), "--output-dir", str(tmp_path / "sft"),
-            "--max-steps", "12", "--learning-rate", "3e-3", "--use-cpu"]  # fmt: skip
-    args = sft.parser().parse_args(argv)
-    sft.write_expert_trajectories(
-        list(task_dataset(args.dataset, args.split, args.cache_dir)), sft.Workspaces(args.cache_dir), expert
-    )
+    argv = ["--model_name_or_path", tiny_model_dir, "--dataset", "toy", "--cache_dir", str(tmp_path / "cache"),
+            "--write_expert", str(expert), "--trajectories", str(expert), "--output_dir", str(tmp_path / "sft"),
+            "--max_steps", "12", "--learning_rate", "3e-3", "--use_cpu"]  # fmt: skip
+    args = sft.parse_args(argv)
+    sft.write_expert_trajectories(list(args.task.load()), args.task.workspaces(), expert)
     trainer = sft.train(args)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert len(losses) == 12 and sum(losses[-3:]) < 0.8 * sum(losses[:3])
@@ -42,7 +45,9 @@ def test_sft_on_scripted_expert_trajectories(tiny_model_dir, tmp_path):
 def test_sft_refuses_bad_input(tiny_model_dir, tmp_path):
     empty = tmp_path / "none.jsonl"
     empty.write_text("")
-    args = sft.parser().parse_args(["--model", tiny_model_dir, "--trajectories", str(empty), "--output-dir", "x"])
+    args = sft.parse_args(
+        ["--model_name_or_path", tiny_model_dir, "--trajectories", str(empty), "--output_dir", "x", "--use_cpu"]
+    )
     try:
         sft.train(args)
     except ValueError as e:
@@ -54,14 +59,14 @@ def test_sft_refuses_bad_input(tiny_model_dir, tmp_path):
 def test_grpo_script_trains_through_the_gateway(gateway, tiny_model_dir, tmp_path):
     with ServerClient(gateway.url, api_token=API_TOKEN, timeout=120) as client:
         version = client.weight_version
-    argv = ["--model", tiny_model_dir, "--dataset", "toy", "--cache-dir", str(tmp_path / "cache"),
-            "--server-url", gateway.url, "--api-token", API_TOKEN, "--output-dir", str(tmp_path / "grpo"),
-            "--rewards", "similarity,tests,nonempty", "--reward-weights", "1,1,0.1",
-            "--num-generations", "4", "--per-device-train-batch-size", "4", "--max-steps", "2",
-            "--tool-limit", "3", "--token-limit", "200", "--response-limit", "48", "--time-limit", "60",
-            "--max-completion-length", "3000", "--learning-rate", "1e-3", "--use-cpu", "--max-concurrency", "4",
-            "--record-to", str(tmp_path / "episodes.jsonl")]  # fmt: skip
-    args = grpo.parser().parse_args(argv)
+    argv = ["--model_name_or_path", tiny_model_dir, "--dataset", "toy", "--cache_dir", str(tmp_path / "cache"),
+            "--server_url", gateway.url, "--api_token", API_TOKEN, "--output_dir", str(tmp_path / "grpo"),
+            "--rewards", "similarity", "tests", "nonempty", "--reward_weights", "1", "1", "0.1",
+            "--num_generations", "4", "--per_device_train_batch_size", "4", "--max_steps", "2",
+            "--tool_limit", "3", "--token_limit", "200", "--response_limit", "48", "--time_limit", "60",
+            "--max_completion_length", "3000", "--learning_rate", "1e-3", "--use_cpu", "--max_concurrency", "4",
+            "--record_to", str(tmp_path / "episodes.jsonl")]  # fmt: skip
+    args = grpo.parse_args(argv)
     trainer, rollout, client = grpo.build_trainer(args)
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "reward" in entry]
@@ -79,11 +84,11 @@ def test_grpo_script_trains_through_the_gateway(gateway, tiny_model_dir, tmp_pat
         r["trajectory"]["segments"] and "generated_diff" in r["result"] for r in recorded
     )
     version = client.weight_version
-    replay = grpo.parser().parse_args([
-        "--model", tiny_model_dir, "--dataset", "toy", "--cache-dir", str(tmp_path / "cache"),
-        "--output-dir", str(tmp_path / "replay"), "--rewards", "similarity,nonempty", "--num-generations", "4",
-        "--per-device-train-batch-size", "4", "--max-steps", "2", "--max-completion-length", "3000", "--use-cpu",
-        "--replay", str(tmp_path / "episodes.jsonl"), "--replay-match", "order",
+    replay = grpo.parse_args([
+        "--model_name_or_path", tiny_model_dir, "--dataset", "toy", "--cache_dir", str(tmp_path / "cache"),
+        "--output_dir", str(tmp_path / "replay"), "--rewards", "similarity", "nonempty", "--num_generations", "4",
+        "--per_device_train_batch_size", "4", "--max_steps", "2", "--max_completion_length", "3000", "--use_cpu",
+        "--replay", str(tmp_path / "episodes.jsonl"), "--replay_match", "order",
     ])  # fmt: skip
     trainer, rollout, none = grpo.build_trainer(replay)
     trainer.train()
@@ -94,11 +99,27 @@ def test_grpo_script_trains_through_the_gateway(gateway, tiny_model_dir, tmp_pat
     client.close()
 
 
-def test_grpo_script_refuses_unknown_rewards(tmp_path):
-    args = grpo.parser().parse_args(["--model", "m", "--output-dir", "x", "--rewards", "similarity,vibes"])
-    try:
-        grpo.reward_functions(args, None)
-    except ValueError as e:
-        assert "unknown rewards ['vibes']" in str(e)
-    else:
-        raise AssertionError("an unknown reward name must be refused")
+def test_grpo_script_refuses_unknown_rewards_and_mismatched_weights():
+    with pytest.raises(ValueError, match=r"unknown rewards \['vibes'\]"):
+        grpo.parse_args(
+            ["--model_name_or_path", "m", "--output_dir", "x", "--use_cpu", "--rewards", "similarity", "vibes"]
+        )
+    with pytest.raises(SystemExit, match="2 rewards .* but 1 reward_weights"):
+        grpo.parse_args(["--model_name_or_path", "m", "--output_dir", "x", "--use_cpu", "--reward_weights", "1"])
+
+
+def test_recipes_parse_and_the_command_line_overrides_them():
+    """Every shipped recipe parses with its script's own parser; a flag beats the recipe, the recipe the defaults."""
+    for recipe in sorted(CONFIGS.glob("grpo_*.yaml")):
+        args = grpo.parse_args(["--config", str(recipe), "--model_name_or_path", "m", "--use_cpu", "--bf16", "false",
+                                "--tool_limit", "3"])  # fmt: skip
+        assert args.agent.tool_limit == 3 and args.training.max_completion_length >= 4096, recipe
+    demo = grpo.parse_args(["--config", str(CONFIGS / "grpo_demo.yaml"), "--model_name_or_path", "m"])
+    assert (demo.training.temperature, demo.training.max_steps, demo.agent.token_limit) == (1.3, 8, 600)
+    assert grpo.parse_args(["--model_name_or_path", "m", "--use_cpu"]).training.max_completion_length == 8192
+    for recipe in sorted(CONFIGS.glob("sft_*.yaml")):
+        args = sft.parse_args(["--config", str(recipe), "--model_name_or_path", "m", "--trajectories", "t.jsonl",
+                               "--use_cpu", "--bf16", "false", "--max_steps", "3"])  # fmt: skip
+        assert args.training.max_steps == 3 and args.training.max_length >= 8192, recipe
+    with pytest.raises(SystemExit, match="--model_name_or_path is required"):
+        grpo.parse_args(["--use_cpu"])

@@ -33,7 +33,7 @@ def run(tmp_path, gpus: int, server_gpus: int):
     stand_in(bins, "curl", "exit 0")
     stand_in(bins, "accelerate", f'echo "CUDA=$CUDA_VISIBLE_DEVICES TOKEN=$TRL_AGENTS_API_TOKEN $*" > {calls}/train')
     env = {**os.environ, "PATH": f"{bins}:{os.environ['PATH']}", "SERVER_GPUS": str(server_gpus), "SLURM_JOB_ID": "42"}
-    result = subprocess.run(["bash", str(SCRIPT), "Qwen/Qwen3-8B", "--lora"], cwd=tmp_path, env=env,
+    result = subprocess.run(["bash", str(SCRIPT), "Qwen/Qwen3-8B", "--use_peft"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     return result, calls
 
@@ -46,8 +46,8 @@ def test_gpus_are_split_between_serving_and_training(tmp_path):
     assert server.startswith("CUDA=0 vllm-serve-async --model Qwen/Qwen3-8B --data-parallel-size 1 --port 20042")
     assert server.rstrip().endswith("stopped")  # the server is stopped when training ends
     assert train.startswith("CUDA=1,2,3 TOKEN=") and "--num_processes 3" in train
-    assert "grpo.py --model Qwen/Qwen3-8B --server-url http://127.0.0.1:20042" in train and train.rstrip().endswith(
-        "--lora"
+    assert "grpo.py --model_name_or_path Qwen/Qwen3-8B --server_url http://127.0.0.1:20042" in train and train.rstrip().endswith(
+        "--use_peft"
     )
     token = train.split("TOKEN=")[1].split()[0]
     assert f"--api-token {token}" in server and len(token) == 32
@@ -192,7 +192,7 @@ def run_two_node(tmp_path, nodes: int = 2, **env_overrides):
         "CALLS": str(calls),
         **env_overrides,
     }
-    result = subprocess.run(["bash", str(script), "Qwen/Qwen3-8B", "--lora"], cwd=submit, env=env,
+    result = subprocess.run(["bash", str(script), "Qwen/Qwen3-8B", "--use_peft"], cwd=submit, env=env,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     return result, calls, submit
 
@@ -225,9 +225,9 @@ def test_two_nodes_train_on_node0_and_serve_on_node1(tmp_path):
     assert env["host"] == "gpu-a01" and env["cuda"] == "0,1,2,3" and env["token"] == token
     assert args == [
         "launch", "--config_file", f"{here}/configs/zero3.yaml", "--num_machines", "1", "--num_processes", "4",
-        f"{here}/grpo.py", "--model", "Qwen/Qwen3-8B", "--server-url", f"http://gpu-a02:{port}",
-        "--weight-transfer", "nccl", "--master-address", ADDRESS["gpu-a01"], "--master-port", "29600",
-        "--output-dir", str(run), "--bf16", "--lora",
+        f"{here}/grpo.py", "--model_name_or_path", "Qwen/Qwen3-8B", "--server_url", f"http://gpu-a02:{port}",
+        "--weight_transfer", "nccl", "--master_address", ADDRESS["gpu-a01"], "--master_port", "29600",
+        "--output_dir", str(run), "--bf16", "--use_peft",
     ]  # fmt: skip
     assert set((calls / "curl").read_text().split()) == {f"http://gpu-a02:{port}/health"}
     assert not (calls / "print").exists() and not list(calls.glob("vllm-*"))  # no node beyond node 1
@@ -267,8 +267,8 @@ def test_k_inference_nodes_and_the_cluster_settings(tmp_path):
     env, args = record(calls / "train")
     assert env["host"] == "gpu-a01" and env["token"] == "s3cret" and env["ifname"] == env["gloo"] == "ib0"
     line = " ".join(args)
-    assert "--server-url http://gpu-a02:18000 --weight-transfer nccl --master-address 192.168.7.1" in line
-    assert f"--master-port 31000 --output-dir {submit}/runs/exp --bf16 --lora" in line
+    assert "--server_url http://gpu-a02:18000 --weight_transfer nccl --master_address 192.168.7.1" in line
+    assert f"--master_port 31000 --output_dir {submit}/runs/exp --bf16 --use_peft" in line
 
 
 def test_a_server_that_fails_fails_the_job(tmp_path):

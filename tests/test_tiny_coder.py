@@ -84,9 +84,9 @@ def test_the_shipped_tiny_coder_is_what_the_demo_expects(cache, tmp_path):
 def test_sft_refuses_tasks_that_are_not_in_the_split(cache, tmp_path):
     from code_repair import sft
 
-    argv = ["--model", "unused", "--trajectories", str(tmp_path / "t.jsonl"), "--output-dir", str(tmp_path / "o"),
-            "--cache-dir", str(cache), "--write-expert", str(tmp_path / "t.jsonl"),
-            "--tasks", "toy__calc-1,toy__calc-7,nope"]  # fmt: skip
+    argv = ["--model_name_or_path", "unused", "--trajectories", str(tmp_path / "t.jsonl"),
+            "--output_dir", str(tmp_path / "o"), "--cache_dir", str(cache), "--write_expert", str(tmp_path / "t.jsonl"),
+            "--tasks", "toy__calc-1", "toy__calc-7", "nope", "--use_cpu"]  # fmt: skip
     with pytest.raises(SystemExit, match="not in .*toy-suite split 'train': nope, toy__calc-7"):
         sft.main(argv)
     assert not (tmp_path / "t.jsonl").exists()

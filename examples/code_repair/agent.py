@@ -111,6 +111,24 @@ class AgentConfig:
 
 
 @dataclass
+class AgentArguments:
+    """The agent's limits as command-line / recipe arguments (a `TrlParser` dataclass: its names do not clash with
+    `GRPOConfig`'s, which owns `temperature` and `top_p`). `config(...)` makes the `AgentConfig`."""
+
+    tool_limit: int = field(default=AgentConfig.tool_limit, metadata={"help": "tool calls per episode"})
+    token_limit: int = field(default=AgentConfig.token_limit, metadata={"help": "tokens generated per episode"})
+    time_limit: float = field(default=AgentConfig.time_limit, metadata={"help": "seconds per episode"})
+    response_limit: int = field(default=AgentConfig.response_limit, metadata={"help": "max_tokens of one reply"})
+    fuzzy_match: float | None = field(
+        default=None,
+        metadata={"help": "apply_patch edits the closest line when a one-line search is this similar (0-1)"},
+    )
+
+    def config(self, model: str | None, temperature: float = 1.0, top_p: float = 1.0) -> AgentConfig:
+        return AgentConfig(model=model, temperature=temperature, top_p=top_p, **asdict(self))
+
+
+@dataclass
 class ToolCall:
     """One entry of the structured tool-call log."""
 

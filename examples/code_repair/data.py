@@ -9,7 +9,7 @@ A task row has `instance_id`, `repo`, `base_commit`, `problem_statement`, `patch
   `AgentRollout` finds the row again by it).
 * `task_dataset(source, split, cache_dir)`: what the training scripts train on: `source="toy"` builds the offline
   toy suite into the cache on first use; rows are kept by their `split` column where there is one.
-* `add_task_flags(parser)` / `add_trainer_flags(parser)`: the command-line flags `grpo.py` and `sft.py` share.
+* `TaskArguments`: the task arguments `grpo.py` and `sft.py` share (a dataclass for `TrlParser`).
 * `Workspaces`: each (repository, commit) is fetched once, as a single-commit shallow fetch, into a local cache;
   each episode then gets its own cheap copy (`cp --reflink=auto`), removed by whoever asked for it. It also carries
   the extra environment of the commands run there (`command_env(source)`).
@@ -19,7 +19,6 @@ Not here: the agent, the rewards, how the toy suite is built (`toy_suite.py`).
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import json
 import logging
@@ -30,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,31 +94,25 @@ def command_env(source: str) -> dict[str, str]:
     return {}
 
 
-def add_task_flags(parser: argparse.ArgumentParser) -> None:
-    """--dataset, --split, --cache-dir (the arguments of `task_dataset`)."""
-    add = parser.add_argument
-    add("--dataset", default="toy", help="'toy', a Hub dataset in SWE-Gym form, or a tasks .jsonl / folder")
-    add("--split", default="train", help="Hub split, or value of a `split` column to keep")
-    add("--cache-dir", default=os.path.expanduser("~/.cache/trl-agents/code_repair"), help="repositories cache")
-    add("--tasks", type=_ids, default=None, help="comma-separated instance ids: only these tasks of the split")
+@dataclass
+class TaskArguments:
+    """Which tasks a training script uses (the arguments of `task_dataset`; a `TrlParser` dataclass)."""
 
+    dataset: str = field(
+        default="toy", metadata={"help": "'toy', a Hub dataset in SWE-Gym form, or a tasks .jsonl / folder"}
+    )
+    split: str = field(default="train", metadata={"help": "Hub split, or value of a `split` column to keep"})
+    cache_dir: str = field(
+        default=os.path.expanduser("~/.cache/trl-agents/code_repair"), metadata={"help": "repositories cache"}
+    )
+    tasks: list[str] | None = field(default=None, metadata={"help": "instance ids: only these tasks of the split"})
 
-def _ids(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+    def load(self):
+        """The task rows (`task_dataset`)."""
+        return task_dataset(self.dataset, self.split, self.cache_dir, self.tasks)
 
-
-def add_trainer_flags(parser: argparse.ArgumentParser) -> None:
-    """The trainer flags both training scripts take (each script adds its own learning rate and lengths)."""
-    add = parser.add_argument
-    add("--per-device-train-batch-size", type=int, default=8)
-    add("--gradient-accumulation-steps", type=int, default=1)
-    add("--max-steps", type=int, default=-1)
-    add("--num-train-epochs", type=float, default=1.0)
-    add("--bf16", action="store_true")
-    add("--gradient-checkpointing", action="store_true")
-    add("--use-cpu", action="store_true")
-    add("--seed", type=int, default=0)
-    add("--report-to", default="none")
+    def workspaces(self) -> Workspaces:
+        return Workspaces(self.cache_dir, env=command_env(self.dataset))
 
 
 def task_prompt(row: dict[str, Any]) -> list[dict[str, str]]:

@@ -16,8 +16,10 @@
 
 Not here: anything the scripts it calls do (see them). Ctrl-C stops every child process (server, trainer).
 
-Usage (defaults: the tiny coder, the toy suite, seeds 0,1,2, 8 GRPO steps of 16 episodes (2 tasks x 8) each,
-temperature 1.3):
+The settings of SFT and GRPO are the recipes `configs/sft_demo.yaml` and `configs/grpo_demo.yaml` (`--sft-recipe`,
+`--grpo-recipe`), which `sft.py` and `grpo.py` read with `--config` as any user would; evaluation uses the GRPO
+recipe's agent and sampling settings, and the demo's flags below override recipe values. Usage (defaults: the tiny
+coder, the toy suite, seeds 0,1,2, and from the recipe 8 GRPO steps of 16 episodes (2 tasks x 8), temperature 1.3):
 
     python examples/code_repair/demo.py [--run-name NAME] [--seeds 0,1,2] [--grpo-steps 8]
         [--model tiny-coder|tiny|PATH_OR_HUB_NAME] [--dataset SWE-Gym/SWE-Gym-Lite] [--accelerate-config FILE]
@@ -41,14 +43,15 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
-from code_repair import report
+from code_repair import grpo, report
 from code_repair.agent import AgentConfig, RepairAgent
-from code_repair.data import Workspaces, command_env, task_dataset
+from code_repair.data import task_dataset
 from code_repair.rewards import TestsPassReward, unified_diff_similarity
-from trl.agents import ServerError
+from trl.agents import ServerClient, ServerError
 
 
 HERE = Path(__file__).resolve().parent
+CONFIGS = HERE / "configs"
 SERVE_FLAGS = ["--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--max-model-len", "4096",
                "--dtype", "float32"]  # fmt: skip
 
@@ -191,12 +194,16 @@ def parser() -> argparse.ArgumentParser:
         help="comma-separated training tasks the scripted expert demonstrates for "
         "SFT (default: all; from the tiny coder: the 10 it was pre-trained on, so 20 reach GRPO unseen)",
     )
-    add("--sft-steps", type=int, default=None, help="default: 10 from the tiny coder, else 120")
-    add("--sft-learning-rate", type=float, default=None, help="default: 1e-4 from the tiny coder, else 3e-3")
-    add("--grpo-steps", type=int, default=8)
-    add("--grpo-learning-rate", type=float, default=2e-4)
-    add("--num-generations", type=int, default=8)
-    add("--batch-size", type=int, default=16, help="episodes per GRPO step")
+    add("--sft-recipe", type=Path, default=CONFIGS / "sft_demo.yaml", help="sft.py's recipe")
+    add("--grpo-recipe", type=Path, default=CONFIGS / "grpo_demo.yaml", help="grpo.py's recipe (also evaluation's "
+        "agent and sampling settings)")  # fmt: skip
+    add("--sft-steps", type=int, default=None, help="default: the recipe's from the tiny coder, else 120")
+    add("--sft-learning-rate", type=float, default=None, help="default: the recipe's from the tiny coder, else 3e-3")
+    # default None: the GRPO recipe's value (the report shows the value used)
+    add("--grpo-steps", type=int, default=None)
+    add("--grpo-learning-rate", type=float, default=None)
+    add("--num-generations", type=int, default=None)
+    add("--batch-size", type=int, default=None, help="episodes per GRPO step")
     add("--screen-samples", type=int, default=3, help="episodes per training task to find the tasks the SFT model "
         "solves sometimes but not always: GRPO trains on those (0: on every training task)")  # fmt: skip
     add("--eval-samples", type=int, default=6, help="episodes per held-out task after GRPO, per seed")
@@ -206,16 +213,69 @@ def parser() -> argparse.ArgumentParser:
         default=6,
         help="episodes per held-out task before GRPO (once: every seed starts from the same SFT model)",
     )
-    add("--concurrency", type=int, default=16, help="agent episodes at once (GRPO rollouts and evaluation)")
-    add("--test-seconds", type=float, default=10, help="deadline of one tests-pass check (toy tests take 0.2 s; "
-        "a patch that makes them loop forever costs this much)")  # fmt: skip
-    add("--temperature", type=float, default=1.3, help="sampling temperature, training and evaluation alike")
-    add("--tool-limit", type=int, default=6)
-    add("--token-limit", type=int, default=600)
-    add("--response-limit", type=int, default=160)
+    add("--concurrency", type=int, default=None, help="agent episodes at once (GRPO rollouts and evaluation)")
+    add("--test-seconds", type=float, default=None, help="deadline of one tests-pass check")
+    add("--temperature", type=float, default=None, help="sampling temperature, training and evaluation alike")
+    add("--tool-limit", type=int, default=None)
+    add("--token-limit", type=int, default=None)
+    add("--response-limit", type=int, default=None)
     add("--fuzzy-match", type=float, default=None, help="the agent's apply_patch fuzzy threshold (see agent.py)")
     add("--cache-dir", default=os.path.expanduser("~/.cache/trl-agents/code_repair"))
     return p
+
+
+# demo flag -> the grpo.py option it overrides (None: the recipe's value)
+GRPO_OVERRIDES = {
+    "grpo_steps": "max_steps", "grpo_learning_rate": "learning_rate", "num_generations": "num_generations",
+    "batch_size": "per_device_train_batch_size", "temperature": "temperature", "tool_limit": "tool_limit",
+    "token_limit": "token_limit", "response_limit": "response_limit", "fuzzy_match": "fuzzy_match",
+    "test_seconds": "test_seconds", "concurrency": "max_concurrency",
+}  # fmt: skip
+
+
+def grpo_settings(args, model: str, output_dir: Path):
+    """grpo.py's arguments for this demo (the recipe, then the demo's flags), parsed by grpo.py's own parser; the
+    demo's flags are set to the values used, for the report."""
+    overrides = [f"--{option}={getattr(args, flag)}" for flag, option in GRPO_OVERRIDES.items()
+                 if getattr(args, flag) is not None]  # fmt: skip
+    argv = ["--config", str(args.grpo_recipe), *overrides, "--dataset", args.dataset, "--cache_dir", args.cache_dir,
+            "--model_name_or_path", model]  # fmt: skip
+    settings = grpo.parse_args([*argv, "--output_dir", str(output_dir)])
+    for flag, option in GRPO_OVERRIDES.items():
+        for part in settings:
+            if hasattr(part, option):
+                setattr(args, flag, getattr(part, option))
+                break
+    return argv, settings
+
+
+def base_model(args, run: Path) -> tuple[str, str | None]:
+    """The model SFT starts from, and the tasks the scripted expert demonstrates (None: all)."""
+    if args.model == "tiny-coder":
+        from code_repair.tiny_coder import SHIPPED, shipped_build
+
+        built = shipped_build()
+        print(f"    the tiny coder ({SHIPPED}): held-out exact match of its tool calls {built['exact_match']}")
+        return str(SHIPPED), args.expert_tasks or ",".join(built["seen_tasks"])
+    if args.model == "tiny":
+        from trl.agents.tiny_model import build
+
+        return str(build(run / "base-model")), args.expert_tasks
+    return args.model, args.expert_tasks
+
+
+def sft_argv(args, run: Path, model: str, expert_tasks: str | None) -> list[str]:
+    """sft.py's command line: the recipe, then the demo's paths, tasks and (from a base other than the tiny coder,
+    which needs only a light touch) longer training."""
+    steps, lr = args.sft_steps, args.sft_learning_rate
+    if args.model != "tiny-coder":
+        steps, lr = steps or 120, lr or 3e-3
+    expert = str(run / "expert.jsonl")
+    return [str(HERE / "sft.py"), "--config", str(args.sft_recipe), "--model_name_or_path", model,
+            "--dataset", args.dataset, "--cache_dir", args.cache_dir, "--write_expert", expert, "--trajectories", expert,
+            "--output_dir", str(run / "sft-model"),
+            *(["--max_steps", str(steps)] if steps else []), *(["--learning_rate", str(lr)] if lr else []),
+            *(["--tasks", *expert_tasks.split(",")] if expert_tasks else [])]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -224,96 +284,69 @@ def main(argv: list[str] | None = None) -> Path:
     run.mkdir(parents=True, exist_ok=True)
     timer = Timer()
     seeds = [int(s) for s in args.seeds.split(",")]
-    py = sys.executable
-
     with timer.phase("model and tasks"):
-        model, expert_tasks = args.model, args.expert_tasks
-        if model == "tiny-coder":
-            from code_repair.tiny_coder import SHIPPED, shipped_build
-
-            model, built = str(SHIPPED), shipped_build()
-            expert_tasks = expert_tasks or ",".join(built["seen_tasks"])
-            print(f"    the tiny coder ({SHIPPED}): held-out exact match of its tool calls {built['exact_match']}")
-        elif model == "tiny":
-            from trl.agents.tiny_model import build
-
-            model = str(build(run / "base-model"))
-        steps, lr = (10, 1e-4) if args.model == "tiny-coder" else (120, 3e-3)  # a light touch on the coder
-        sft_steps = args.sft_steps if args.sft_steps is not None else steps
-        sft_lr = args.sft_learning_rate if args.sft_learning_rate is not None else lr
-        common = ["--dataset", args.dataset, "--cache-dir", args.cache_dir]
+        model, expert_tasks = base_model(args, run)
     with timer.phase("SFT warm start (scripted-expert trajectories, masking collator)"):
         sft_dir = run / "sft-model"
-        run_child([py, str(HERE / "sft.py"), "--model", model, *common, "--write-expert", str(run / "expert.jsonl"),
-                   "--trajectories", str(run / "expert.jsonl"), "--output-dir", str(sft_dir),
-                   "--max-steps", str(sft_steps), "--learning-rate", str(sft_lr),
-                   "--per-device-train-batch-size", "8", "--num-train-epochs", "1000", "--use-cpu",
-                   *(["--tasks", expert_tasks] if expert_tasks else [])],
-                  run / "logs" / "sft.log")  # fmt: skip
-
-    from trl.agents import ServerClient
-    from trl.agents.server.process import ServeAsyncProcess
-
-    eval_rows = list(task_dataset(args.dataset, args.eval_split, args.cache_dir))
-    workspaces = Workspaces(args.cache_dir, env=command_env(args.dataset))
-    token = os.urandom(8).hex()
-    server = ServeAsyncProcess(
-        str(sft_dir), name="vllm-serve-async", log_path=run / "logs" / "server.log", startup_timeout=600,
-        args=["--data-parallel-size", str(args.data_parallel_size), "--api-token", token, "--log-dir",
-              str(run / "logs" / "server"), *SERVE_FLAGS],
-    )  # fmt: skip
-    agent_config = AgentConfig(model=str(sft_dir), tool_limit=args.tool_limit, token_limit=args.token_limit,
-                               time_limit=60, response_limit=args.response_limit, temperature=args.temperature,
-                               fuzzy_match=args.fuzzy_match)  # fmt: skip
-    results: dict[int, dict[str, Any]] = {}
+        run_child([sys.executable, *sft_argv(args, run, model, expert_tasks)], run / "logs" / "sft.log")
+    grpo_argv, settings = grpo_settings(args, str(sft_dir), run / "grpo")
     with contextlib.ExitStack() as stack:
+        token = os.urandom(8).hex()
         with timer.phase("start trl vllm-serve-async"):
-            stack.enter_context(server)
+            server = stack.enter_context(_server(args, run, sft_dir, token))
         client = stack.enter_context(ServerClient(server.url, api_token=token, timeout=300))
-        run_eval = functools.partial(evaluate, client=client, workspaces=workspaces, config=agent_config,
-                                     concurrency=args.concurrency, test_seconds=args.test_seconds)  # fmt: skip
+        agent_config = settings.agent.config(str(sft_dir), settings.training.temperature, settings.training.top_p)
+        run_eval = functools.partial(evaluate, client=client, workspaces=settings.task.workspaces(),
+                                     config=agent_config, concurrency=settings.script.max_concurrency,
+                                     test_seconds=settings.script.test_seconds)  # fmt: skip
+        eval_rows = list(task_dataset(args.dataset, args.eval_split, args.cache_dir))
         with timer.phase("held-out evaluation before GRPO (the SFT model, shared by every seed)"):
             before = run_eval(eval_rows, args.before_samples, "pre", run / "episodes" / "held-out-before.jsonl")
-        screening = None
-        if args.screen_samples:
-            with timer.phase("screening the training tasks (the SFT model on each; GRPO keeps the mixed ones)"):
-                train_rows = list(task_dataset(args.dataset, "train", args.cache_dir))
-                found = run_eval(train_rows, args.screen_samples, "screen", run / "episodes" / "screening.jsonl")
-                screening = {"samples": args.screen_samples, "solved_by_task": found["solved_by_task"],
-                             "kept": screen(found["solved_by_task"])}  # fmt: skip
-                print(f"    GRPO trains on {len(screening['kept'])} of {len(train_rows)} training tasks")
+        screening = _screen(args, run, timer, run_eval)
+        results = {}
         for seed in seeds:
             metrics = run / f"metrics-seed{seed}.jsonl" if len(seeds) > 1 else run / "metrics.jsonl"
             metrics.unlink(missing_ok=True)
             with timer.phase(f"seed {seed}: GRPO ({args.grpo_steps} steps, weight sync after each)"):
                 if seed != seeds[0]:
                     client.update_weights(_load(sft_dir))  # every seed starts from the SFT weights
-                grpo_argv = [str(HERE / "grpo.py"), "--model", str(sft_dir), *common, "--server-url", server.url,
-                             "--api-token", token, "--output-dir", str(run / f"grpo-seed{seed}"),
-                             "--metrics-file", str(metrics), "--rewards", "similarity,tests",
-                             "--num-generations", str(args.num_generations),
-                             "--per-device-train-batch-size", str(args.batch_size), "--max-steps", str(args.grpo_steps),
-                             "--learning-rate", str(args.grpo_learning_rate), "--seed", str(seed),
-                             "--tool-limit", str(args.tool_limit), "--token-limit", str(args.token_limit),
-                             "--response-limit", str(args.response_limit), "--time-limit", "60",
-                             "--test-seconds", str(args.test_seconds),
-                             "--temperature", str(args.temperature), "--max-completion-length", "4096",
-                             "--max-concurrency", str(args.concurrency), "--use-cpu"]  # fmt: skip
-                if screening:
-                    grpo_argv += ["--tasks", ",".join(screening["kept"])]
-                if args.fuzzy_match is not None:
-                    grpo_argv += ["--fuzzy-match", str(args.fuzzy_match)]
-                launcher = [py, "-m", "accelerate.commands.launch", "--config_file", args.accelerate_config] \
-                    if args.accelerate_config else [py]  # fmt: skip
-                run_child([*launcher, *grpo_argv], run / "logs" / f"grpo-seed{seed}.log")
+                argv = [*grpo_argv, "--server_url", server.url, "--api_token", token, "--seed", str(seed),
+                        "--output_dir", str(run / f"grpo-seed{seed}"), "--metrics_file", str(metrics),
+                        *(["--tasks", *screening["kept"]] if screening else [])]  # fmt: skip
+                launcher = ["-m", "accelerate.commands.launch", "--config_file", args.accelerate_config] \
+                    if args.accelerate_config else []  # fmt: skip
+                run_child(
+                    [sys.executable, *launcher, str(HERE / "grpo.py"), *argv], run / "logs" / f"grpo-seed{seed}.log"
+                )
             with timer.phase(f"seed {seed}: held-out evaluation after GRPO"):
                 keep = run / "episodes" / f"held-out-after-seed{seed}.jsonl"
                 after = run_eval(eval_rows, args.eval_samples, f"post{seed}", keep)
             results[seed] = {"after": after, "metrics": str(metrics.name)}
-
     report.write(run, args, before, results, timer.phases, time.monotonic() - timer.start, screening)
     print(f"\n==> done in {time.monotonic() - timer.start:.0f} s: {run / 'report.md'}")
     return run
+
+
+def _server(args, run: Path, sft_dir: Path, token: str):
+    from trl.agents.server.process import ServeAsyncProcess
+
+    return ServeAsyncProcess(
+        str(sft_dir), name="vllm-serve-async", log_path=run / "logs" / "server.log", startup_timeout=600,
+        args=["--data-parallel-size", str(args.data_parallel_size), "--api-token", token, "--log-dir",
+              str(run / "logs" / "server"), *SERVE_FLAGS],
+    )  # fmt: skip
+
+
+def _screen(args, run: Path, timer: Timer, run_eval) -> dict[str, Any] | None:
+    """The SFT model on every training task; GRPO keeps the tasks it solves sometimes (None: screening is off)."""
+    if not args.screen_samples:
+        return None
+    with timer.phase("screening the training tasks (the SFT model on each; GRPO keeps the mixed ones)"):
+        train_rows = list(task_dataset(args.dataset, "train", args.cache_dir))
+        found = run_eval(train_rows, args.screen_samples, "screen", run / "episodes" / "screening.jsonl")
+        kept = screen(found["solved_by_task"])
+        print(f"    GRPO trains on {len(kept)} of {len(train_rows)} training tasks")
+    return {"samples": args.screen_samples, "solved_by_task": found["solved_by_task"], "kept": kept}
 
 
 def _load(model_dir: Path):

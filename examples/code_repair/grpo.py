@@ -1,8 +1,13 @@
 """GRPO for the example coding agent: upstream `GRPOTrainer` + `trl.agents` (AgentRollout, weight sync) + this folder.
 
-Each training prompt is one repair task; the trainer's sampler repeats it `--num-generations` times; every copy is
+Each training prompt is one repair task; the trainer's sampler repeats it `num_generations` times; every copy is
 one episode of `agent.RepairAgent` in its own `trl vllm-serve-async` session and workspace. Rewards come from
-`rewards.py` (`--rewards similarity,tests` by default), the weights go back to the server after every step.
+`rewards.py` (`--rewards similarity tests` by default), the weights go back to the server after every step.
+
+Arguments as in upstream TRL's scripts (`TrlParser`): this script's own (`GRPOScriptArguments`, `TaskArguments`,
+`AgentArguments`), then every `GRPOConfig` and `ModelConfig` option; `--config RECIPE.yaml` sets any of them, the
+command line overrides the recipe. Recipes: `configs/grpo_qwen3_8b.yaml` (GPUs), `configs/grpo_demo.yaml` (CPU,
+what `make demo` runs). All options: `--help`.
 
 Setup (GPU node: 1 GPU serves, the rest train; `slurm/train.sbatch` does this split for you):
 
@@ -13,122 +18,122 @@ Setup (GPU node: 1 GPU serves, the rest train; `slurm/train.sbatch` does this sp
 Usage:
 
     accelerate launch --config_file examples/code_repair/configs/zero2.yaml examples/code_repair/grpo.py \\
-        --model Qwen/Qwen3-8B --dataset SWE-Gym/SWE-Gym-Lite --server-url http://127.0.0.1:8000 \\
-        --api-token SECRET --output-dir runs/qwen3-8b-grpo --lora --bf16 --gradient-checkpointing
+        --config examples/code_repair/configs/grpo_qwen3_8b.yaml --api_token SECRET --output_dir runs/qwen3-8b-grpo
 
 `--dataset toy` builds and uses the offline toy suite (`toy_suite.py`); `--split` picks rows by their `split`
-column where there is one. On CPU add `--use-cpu`. All flags: `--help`.
+column where there is one. On CPU add `--use_cpu`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from transformers import TrainerCallback
 
-from code_repair.data import Workspaces, add_task_flags, add_trainer_flags, command_env, task_dataset
+from code_repair import training
+from code_repair.agent import AgentArguments
+from code_repair.data import TaskArguments
 from code_repair.rewards import TestsPassReward, diff_similarity_reward, exact_patch_reward, non_empty_patch_reward
 
 
 REWARDS = {
-    "similarity": lambda ws, args: diff_similarity_reward,
-    "tests": lambda ws, args: TestsPassReward(ws, seconds=args.test_seconds),
-    "nonempty": lambda ws, args: non_empty_patch_reward,
-    "exact": lambda ws, args: exact_patch_reward,
+    "similarity": lambda ws, script: diff_similarity_reward,
+    "tests": lambda ws, script: TestsPassReward(ws, seconds=script.test_seconds),
+    "nonempty": lambda ws, script: non_empty_patch_reward,
+    "exact": lambda ws, script: exact_patch_reward,
 }
+# this script's defaults over upstream's GRPOConfig (and `training.SCRIPT_DEFAULTS`): agent episodes are long
+DEFAULTS = {"max_completion_length": 8192}
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    add = p.add_argument
-    add("--model", required=True, help="model to train (path or Hub name); the server must serve the same weights")
-    add_task_flags(p)
-    add("--served-model-name", default=None, help="the name the server knows the model by (default: --model)")
-    add("--server-url", default="http://127.0.0.1:8000", help="the trl vllm-serve-async gateway")
-    add("--api-token", default=os.environ.get("TRL_AGENTS_API_TOKEN"), help="the gateway's --api-token")
-    add(
-        "--weight-transfer",
+@dataclass
+class GRPOScriptArguments:
+    """What `grpo.py` adds to `GRPOConfig` and `ModelConfig`: the server, the rewards, recorded episodes."""
+
+    served_model_name: str | None = field(
+        default=None, metadata={"help": "the name the server knows the model by (default: model_name_or_path)"}
+    )
+    server_url: str = field(default="http://127.0.0.1:8000", metadata={"help": "the trl vllm-serve-async gateway"})
+    api_token: str | None = field(
+        default_factory=lambda: os.environ.get("TRL_AGENTS_API_TOKEN"),
+        metadata={"help": "the gateway's --api-token (default: $TRL_AGENTS_API_TOKEN)"},
+    )
+    weight_transfer: str = field(
         default="auto",
-        choices=["auto", "shm", "nccl"],
-        help="how weights reach the replicas: auto (the backend the gateway's replicas run: nccl on GPUs), shm "
-        "(trainer and replicas on one host) or nccl (GPUs, across nodes too)",
+        metadata={
+            "help": "how weights reach the replicas: auto (the backend the gateway's replicas run: nccl on GPUs), "
+            "shm (trainer and replicas on one host) or nccl (GPUs, across nodes too)",
+            "choices": ["auto", "shm", "nccl"],
+        },
     )
-    add(
-        "--master-address",
+    master_address: str | None = field(
         default=None,
-        help="nccl: this node's address as the inference nodes reach it (default: the client picks the address "
-        "this host uses to reach the gateway)",
+        metadata={"help": "nccl: this node's address as the inference nodes reach it (default: the address this "
+                  "host uses to reach the gateway)"},
+    )  # fmt: skip
+    master_port: int | None = field(
+        default=None, metadata={"help": "nccl: port of the weight-transfer rendezvous on master_address (29600)"}
     )
-    add(
-        "--master-port",
-        type=int,
+    rewards: list[str] = field(
+        default_factory=lambda: ["similarity", "tests"], metadata={"help": f"reward functions, from {sorted(REWARDS)}"}
+    )
+    test_seconds: float = field(default=120.0, metadata={"help": "time limit of one tests-pass check"})
+    max_concurrency: int = field(default=8, metadata={"help": "episodes at once per training process"})
+    metrics_file: str | None = field(default=None, metadata={"help": "append one JSON line per logged step here"})
+    record_to: str | None = field(default=None, metadata={"help": "append every episode to this JSONL (for replay)"})
+    replay: str | None = field(
         default=None,
-        help="nccl: port of the weight-transfer group's rendezvous on --master-address, open to the inference nodes "
-        "(default: 29600)",
+        metadata={"help": "train on recorded episodes (a record_to file or a gateway --journal-dir), no server"},
     )
-    add("--output-dir", required=True)
-    add("--rewards", default="similarity,tests", help=f"comma-separated, from {sorted(REWARDS)}")
-    add("--reward-weights", default=None, help="comma-separated weights, one per reward (default: all 1)")
-    add("--test-seconds", type=float, default=120.0, help="time limit of one tests-pass check")
-    # the agent
-    add("--tool-limit", type=int, default=30)
-    add("--token-limit", type=int, default=8192, help="tokens the agent may generate per episode")
-    add("--time-limit", type=float, default=120.0, help="seconds per episode for the agent")
-    add("--response-limit", type=int, default=1024, help="max_tokens of one reply")
-    add("--temperature", type=float, default=1.0)
-    add(
-        "--fuzzy-match",
-        type=float,
-        default=None,
-        help="apply_patch edits the closest line when a one-line search is this similar (0-1; default: exact only)",
-    )
-    add("--max-concurrency", type=int, default=8, help="episodes at once per training process")
-    # the trainer
-    add("--learning-rate", type=float, default=1e-6)
-    add("--num-generations", type=int, default=8)
-    add("--max-completion-length", type=int, default=8192, help="tokens kept per episode (longer: clipped)")
-    add("--beta", type=float, default=0.0, help="KL coefficient")
-    add("--loss-type", default="dapo")
-    add("--importance-sampling-level", default="token", choices=["token", "sequence"], help="sequence: GSPO")
-    add_trainer_flags(p)
-    add("--lora", action="store_true", help="train a LoRA adapter (merged into the served weights at each sync)")
-    add("--lora-r", type=int, default=32)
-    add("--lora-alpha", type=int, default=64)
-    add("--logging-steps", type=int, default=1)
-    add("--save-steps", type=int, default=0, help="0: save only at the end")
-    add("--metrics-file", type=Path, default=None, help="append one JSON line of metrics per logged step here")
-    # recorded episodes
-    add("--record-to", type=Path, default=None, help="append every episode to this JSONL (input of --replay)")
-    add(
-        "--replay",
-        type=Path,
-        default=None,
-        help="train on recorded episodes (a --record-to file or a gateway --journal-dir) instead of a live server",
-    )
-    add(
-        "--replay-match",
+    replay_match: str = field(
         default="prompt",
-        choices=["prompt", "order"],
-        help="prompt: each task gets its own recorded episodes; order: episodes in file order, whatever the task",
+        metadata={
+            "help": "prompt: each task gets its own recorded episodes; order: episodes in file order",
+            "choices": ["prompt", "order"],
+        },
     )
-    return p
+
+    def __post_init__(self):
+        unknown = sorted(set(self.rewards) - set(REWARDS))
+        if unknown:
+            raise ValueError(f"unknown rewards {unknown}; choose from {sorted(REWARDS)}")
 
 
-def reward_functions(args, workspaces):
-    names = [n.strip() for n in args.rewards.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(REWARDS))
-    if unknown:
-        raise ValueError(f"unknown rewards {unknown}; choose from {sorted(REWARDS)}")
-    weights = [float(w) for w in args.reward_weights.split(",")] if args.reward_weights else None
-    if weights is not None and len(weights) != len(names):
-        raise ValueError(f"{len(names)} rewards but {len(weights)} weights")
-    return [REWARDS[n](workspaces, args) for n in names], weights
+class Arguments(NamedTuple):
+    script: GRPOScriptArguments
+    task: TaskArguments
+    agent: AgentArguments
+    training: Any  # trl.GRPOConfig
+    model: Any  # trl.ModelConfig
+
+
+def make_parser():
+    """`TrlParser` over this script's dataclasses and upstream's `GRPOConfig` and `ModelConfig`, with `DEFAULTS`."""
+    from trl import GRPOConfig, ModelConfig
+
+    return training.make_parser(
+        (GRPOScriptArguments, TaskArguments, AgentArguments, GRPOConfig, ModelConfig), DEFAULTS
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> Arguments:
+    """Defaults, then the `--config` recipe, then the command line; the model is required."""
+    args = Arguments(*make_parser().parse_args_and_config(argv))
+    if not args.model.model_name_or_path:
+        raise SystemExit("grpo.py: --model_name_or_path is required (the model to train; the server must serve it)")
+    if args.training.reward_weights is not None and len(args.training.reward_weights) != len(args.script.rewards):
+        raise SystemExit(
+            f"grpo.py: {len(args.script.rewards)} rewards {args.script.rewards} but "
+            f"{len(args.training.reward_weights)} reward_weights {args.training.reward_weights}"
+        )
+    return args
 
 
 class MetricsFile(TrainerCallback):
@@ -158,99 +163,69 @@ def _number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def build_trainer(args, dataset=None, model=None, callbacks=()):
+def build_trainer(args: Arguments, dataset=None, model=None, callbacks=()):
     """The GRPOTrainer for `args` (the demo passes its own dataset, model and extra callbacks)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from trl import GRPOConfig, GRPOTrainer
-    from trl.agents import AgentRollout, ReplayRollout, ServerClient, WeightSyncCallback
+    from trl import GRPOTrainer, get_peft_config
+    from trl.agents import ReplayRollout, WeightSyncCallback
 
-    dataset = dataset if dataset is not None else task_dataset(args.dataset, args.split, args.cache_dir, args.tasks)
-    workspaces = Workspaces(args.cache_dir, env=command_env(args.dataset))
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    script, model_name = args.script, args.model.model_name_or_path
+    dataset = dataset if dataset is not None else args.task.load()
+    workspaces = args.task.workspaces()
     if model is None:
-        dtype = torch.bfloat16 if args.bf16 else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
-    peft_config = None
-    if args.lora:
-        from peft import LoraConfig
-
-        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-        peft_config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, target_modules=targets)
-    if args.replay:  # no server, no agent: the recorded episodes, and no weights to send anywhere
+        model = training.load_model(args.model)
+    if script.replay:  # no server, no agent: the recorded episodes, and no weights to send anywhere
         client = None
-        rollout = ReplayRollout(args.replay, match=args.replay_match, record_to=args.record_to)
+        rollout = ReplayRollout(script.replay, match=script.replay_match, record_to=script.record_to)
         callbacks = list(callbacks)
     else:
-        from code_repair.agent import AgentConfig, RepairAgent  # the agent needs `openai`; replaying does not
-
-        client = ServerClient(
-            args.server_url, api_token=args.api_token, timeout=600, transfer=None if args.weight_transfer == "auto" else args.weight_transfer,
-            master_address=args.master_address, master_port=args.master_port,
-        )  # fmt: skip
-        agent_config = AgentConfig(
-            model=args.served_model_name or args.model,
-            tool_limit=args.tool_limit,
-            token_limit=args.token_limit,
-            time_limit=args.time_limit,
-            response_limit=args.response_limit,
-            temperature=args.temperature,
-            fuzzy_match=args.fuzzy_match,
-        )
-        agent = RepairAgent(workspaces, agent_config)
-        timeout = args.time_limit + 120  # the agent stops itself at its time limit; this catches a hung server
-        rollout = AgentRollout(
-            agent, client, dataset=dataset, max_concurrency=args.max_concurrency, timeout=timeout,
-            record_to=args.record_to,
-        )  # fmt: skip
+        client, rollout = _live_rollout(args, workspaces, dataset)
         callbacks = [WeightSyncCallback(client, every=1, sync_on_train_begin=True), *callbacks]
-    reward_funcs, weights = reward_functions(args, workspaces)
-    config = GRPOConfig(
-        output_dir=args.output_dir,
-        learning_rate=args.learning_rate,
-        num_generations=args.num_generations,
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        max_steps=args.max_steps,
-        num_train_epochs=args.num_train_epochs,
-        max_completion_length=args.max_completion_length,
-        beta=args.beta,
-        loss_type=args.loss_type,
-        importance_sampling_level=args.importance_sampling_level,
-        reward_weights=weights,
-        bf16=args.bf16,
-        gradient_checkpointing=args.gradient_checkpointing,
-        use_cpu=args.use_cpu,
-        seed=args.seed,
-        logging_steps=args.logging_steps,
-        save_strategy="steps" if args.save_steps else "no",
-        save_steps=args.save_steps or 500,
-        report_to=args.report_to,
-    )
     trainer = GRPOTrainer(
         model=model,
-        processing_class=tokenizer,
-        reward_funcs=reward_funcs,
-        args=config,
+        processing_class=AutoTokenizer.from_pretrained(model_name),
+        reward_funcs=[REWARDS[name](workspaces, script) for name in script.rewards],
+        args=args.training,
         train_dataset=dataset,
         rollout_func=rollout,
-        peft_config=peft_config,
+        peft_config=get_peft_config(args.model),
         callbacks=callbacks,
     )
-    if args.metrics_file:  # after the sync callback, so its weight_sync/* keys are in the logs it sees
-        trainer.add_callback(MetricsFile(args.metrics_file, rollout))
+    if script.metrics_file:  # after the sync callback, so its weight_sync/* keys are in the logs it sees
+        trainer.add_callback(MetricsFile(Path(script.metrics_file), rollout))
     return trainer, rollout, client
+
+
+def _live_rollout(args: Arguments, workspaces, dataset):
+    """The gateway client and the `AgentRollout` running `RepairAgent` episodes through it."""
+    from code_repair.agent import RepairAgent
+    from trl.agents import AgentRollout, ServerClient
+
+    script = args.script
+    client = ServerClient(
+        script.server_url, api_token=script.api_token, timeout=600,
+        transfer=None if script.weight_transfer == "auto" else script.weight_transfer,
+        master_address=script.master_address, master_port=script.master_port,
+    )  # fmt: skip
+    served = script.served_model_name or args.model.model_name_or_path
+    agent = RepairAgent(workspaces, args.agent.config(served, args.training.temperature, args.training.top_p))
+    timeout = args.agent.time_limit + 120  # the agent stops itself at its time limit; this catches a hung server
+    rollout = AgentRollout(
+        agent, client, dataset=dataset, max_concurrency=script.max_concurrency, timeout=timeout,
+        record_to=script.record_to,
+    )  # fmt: skip
+    return client, rollout
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpx2"):  # one line per HTTP request of every agent turn: only their warnings
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    args = parser().parse_args(argv)
+    args = parse_args(argv)
     trainer, rollout, client = build_trainer(args)
     trainer.train()
-    trainer.save_model(args.output_dir)
+    trainer.save_model(args.training.output_dir)
     rollout.close()
     if client is not None:
         client.close()

@@ -8,24 +8,30 @@ best episodes per task (`trl.agents.filter_by_reward`). `--write-expert` first r
 expert (`scripted_model.py`) on the task rows (`--tasks` names some) and keeps the episodes whose tests pass:
 demonstrations for the toy suite without any model.
 
+Arguments as in upstream TRL's scripts (`TrlParser`): `SFTScriptArguments`, `TaskArguments`, then every `SFTConfig`
+and `ModelConfig` option; `--config RECIPE.yaml` sets any of them, the command line overrides the recipe. Recipes:
+`configs/sft_qwen3_8b.yaml` (GPUs), `configs/sft_demo.yaml` (CPU, what `make demo` runs). All options: `--help`.
+
 Setup: `pip install trl-agents`. Usage:
 
-    python examples/code_repair/sft.py --model Qwen/Qwen3-8B --trajectories episodes.jsonl --output-dir runs/sft
-    python examples/code_repair/sft.py --model MODEL --dataset toy --write-expert runs/expert.jsonl \\
-        --trajectories runs/expert.jsonl --output-dir runs/sft --use-cpu
+    python examples/code_repair/sft.py --config examples/code_repair/configs/sft_qwen3_8b.yaml \\
+        --trajectories episodes.jsonl --output_dir runs/sft
+    python examples/code_repair/sft.py --model_name_or_path MODEL --dataset toy --write_expert runs/expert.jsonl \\
+        --trajectories runs/expert.jsonl --output_dir runs/sft --use_cpu
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from code_repair import training
 from code_repair.agent import TOOLS, AgentConfig, RepairAgent
-from code_repair.data import Workspaces, add_task_flags, add_trainer_flags, command_env, task_dataset
+from code_repair.data import TaskArguments, Workspaces
 from code_repair.rewards import TestsPassReward
 from code_repair.scripted_model import ScriptedModel
 
@@ -59,88 +65,97 @@ def write_expert_trajectories(rows, workspaces: Workspaces, path: Path, workers:
     return episodes
 
 
-def train(args, callbacks=()):
-    """SFT on `args.trajectories`; returns the trainer after training."""
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+# this script's defaults over upstream's SFTConfig (and `training.SCRIPT_DEFAULTS`): whole agent episodes
+DEFAULTS = {"max_length": 8192, "learning_rate": 1e-5}
 
-    from trl import SFTConfig, SFTTrainer
+
+@dataclass
+class SFTScriptArguments:
+    """What `sft.py` adds to `SFTConfig` and `ModelConfig`: the trajectories and which of them to keep."""
+
+    trajectories: str | None = field(default=None, metadata={"help": "JSONL of conversations or recorded segments"})
+    write_expert: str | None = field(
+        default=None, metadata={"help": "first write scripted-expert trajectories for the tasks to this file"}
+    )
+    min_reward: float = field(default=1.0, metadata={"help": "keep trajectories with at least this reward"})
+    top_k: int | None = field(default=None, metadata={"help": "keep at most this many trajectories per task"})
+
+
+class Arguments(NamedTuple):
+    script: SFTScriptArguments
+    task: TaskArguments
+    training: Any  # trl.SFTConfig
+    model: Any  # trl.ModelConfig
+
+
+def make_parser():
+    """`TrlParser` over this script's dataclasses and upstream's `SFTConfig` and `ModelConfig`, with `DEFAULTS`."""
+    from trl import ModelConfig, SFTConfig
+
+    return training.make_parser((SFTScriptArguments, TaskArguments, SFTConfig, ModelConfig), DEFAULTS)
+
+
+def parse_args(argv: list[str] | None = None) -> Arguments:
+    """Defaults, then the `--config` recipe, then the command line; model and trajectories are required."""
+    args = Arguments(*make_parser().parse_args_and_config(argv))
+    if not args.model.model_name_or_path:
+        raise SystemExit("sft.py: --model_name_or_path is required")
+    if not args.script.trajectories:
+        raise SystemExit("sft.py: --trajectories is required (a JSONL file; --write_expert can write it first)")
+    return args
+
+
+def train(args: Arguments, callbacks=()):
+    """SFT on the trajectories; returns the trainer after training."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from trl import SFTTrainer, get_peft_config
     from trl.agents import DataCollatorForAgentTrajectories, filter_by_reward
 
-    rows = [json.loads(line) for line in Path(args.trajectories).read_text().splitlines() if line.strip()]
+    script, config = args.script, args.training
+    rows = [json.loads(line) for line in Path(script.trajectories).read_text().splitlines() if line.strip()]
     if not rows:
-        raise ValueError(f"no trajectories in {args.trajectories}")
+        raise ValueError(f"no trajectories in {script.trajectories}")
     data = Dataset.from_list(rows)
     if "reward" in data.column_names:
-        group = "instance_id" if args.top_k and "instance_id" in data.column_names else None
-        data = filter_by_reward(data, args.min_reward, group_column=group, top_k=args.top_k if group else None)
+        group = "instance_id" if script.top_k and "instance_id" in data.column_names else None
+        data = filter_by_reward(data, script.min_reward, group_column=group, top_k=script.top_k if group else None)
     if len(data) == 0:
-        raise ValueError(f"no trajectory in {args.trajectories} has reward >= {args.min_reward}")
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if args.bf16 else torch.float32)
-    config = SFTConfig(
-        output_dir=args.output_dir,
-        learning_rate=args.learning_rate,
-        num_train_epochs=args.num_train_epochs,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        bf16=args.bf16,
-        gradient_checkpointing=args.gradient_checkpointing,
-        use_cpu=args.use_cpu,
-        seed=args.seed,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=args.report_to,
-        remove_unused_columns=False,  # the collator needs messages/tools, not text columns
-        dataset_kwargs={"skip_prepare_dataset": True},
-    )
+        raise ValueError(f"no trajectory in {script.trajectories} has reward >= {script.min_reward}")
+    tokenizer = AutoTokenizer.from_pretrained(args.model.model_name_or_path)
+    model = training.load_model(args.model)
+    # what the masking collator needs whatever the recipe says: the messages/tools columns, no text preparation
+    config.remove_unused_columns = False
+    config.dataset_kwargs = {"skip_prepare_dataset": True}
     trainer = SFTTrainer(
         model=model,
         args=config,
         train_dataset=data,
         processing_class=tokenizer,
-        data_collator=DataCollatorForAgentTrajectories(tokenizer, max_length=args.max_length),
+        data_collator=DataCollatorForAgentTrajectories(tokenizer, max_length=config.max_length),
+        peft_config=get_peft_config(args.model),
         callbacks=list(callbacks),
     )
     trainer.train()
-    trainer.save_model(args.output_dir)
-    tokenizer.save_pretrained(args.output_dir)
+    trainer.save_model(config.output_dir)
+    tokenizer.save_pretrained(config.output_dir)
     return trainer
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add = p.add_argument
-    add("--model", required=True)
-    add("--trajectories", required=True, help="JSONL of conversations or recorded segments")
-    add("--output-dir", required=True)
-    add("--write-expert", type=Path, help="first write scripted-expert trajectories for --dataset to this file")
-    add_task_flags(p)
-    add("--min-reward", type=float, default=1.0, help="keep trajectories with at least this reward")
-    add("--top-k", type=int, default=None, help="keep at most this many trajectories per task")
-    add("--max-length", type=int, default=8192)
-    add("--learning-rate", type=float, default=1e-5)
-    add_trainer_flags(p)
-    return p
-
-
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    if args.write_expert:
+    args = parse_args(argv)
+    if args.script.write_expert:
         try:
-            rows = list(task_dataset(args.dataset, args.split, args.cache_dir, args.tasks))
+            rows = list(args.task.load())
         except ValueError as exc:
-            raise SystemExit(f"sft.py --write-expert: {exc}") from None
-        episodes = write_expert_trajectories(
-            rows, Workspaces(args.cache_dir, env=command_env(args.dataset)), args.write_expert
-        )
+            raise SystemExit(f"sft.py --write_expert: {exc}") from None
+        episodes = write_expert_trajectories(rows, args.task.workspaces(), Path(args.script.write_expert))
         solved = sum(e["reward"] == 1.0 for e in episodes)
-        print(f"wrote {len(episodes)} expert trajectories ({solved} pass their tests) to {args.write_expert}")
+        print(f"wrote {len(episodes)} expert trajectories ({solved} pass their tests) to {args.script.write_expert}")
     trainer = train(args)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    print(f"SFT: {len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}; saved to {args.output_dir}")
+    print(f"SFT: {len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}; saved to {args.training.output_dir}")
 
 
 if __name__ == "__main__":

@@ -35,10 +35,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .process import RenderServer, ReplicaError, ServerProcess, VLLMReplica, cpu_defaults, is_cpu_build
 from .remote import ReplicaCheckError, check_replicas, local_vllm_version
+
+
+if TYPE_CHECKING:
+    from .gateway import GatewayConfig
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -51,6 +56,14 @@ def make_parser() -> argparse.ArgumentParser:
             "`vllm serve` unchanged (remote ones, --replica, get them from --print-replica-command)."
         ),
     )
+    _add_replica_flags(parser)
+    _add_gateway_flags(parser)
+    _add_service_flags(parser)
+    return parser
+
+
+def _add_replica_flags(parser: argparse.ArgumentParser) -> None:
+    """What to serve and where: the model, local and remote replicas."""
     parser.add_argument("--model", required=True, help="model path or name served by every replica")
     parser.add_argument(
         "--data-parallel-size",
@@ -75,6 +88,10 @@ def make_parser() -> argparse.ArgumentParser:
         help="print the command that starts a replica for --replica on another node (this command's --model and "
         "vllm serve flags, as the local replicas get them) and exit without starting anything",
     )
+
+
+def _add_gateway_flags(parser: argparse.ArgumentParser) -> None:
+    """The gateway's address and token, and how the replicas start (deadline, logs)."""
     parser.add_argument("--host", default="127.0.0.1", help="gateway interface (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="gateway port")
     parser.add_argument("--api-token", default=None, help="bearer token required by control endpoints")
@@ -82,6 +99,10 @@ def make_parser() -> argparse.ArgumentParser:
         "--startup-timeout", type=float, default=600.0, help="seconds to wait for every replica to become healthy"
     )
     parser.add_argument("--log-dir", default=None, help="folder for replica logs (default: a new temporary folder)")
+
+
+def _add_service_flags(parser: argparse.ArgumentParser) -> None:
+    """Weight syncs, the session journal and the render servers."""
     parser.add_argument(
         "--weight-sync-timeout",
         type=float,
@@ -101,7 +122,6 @@ def make_parser() -> argparse.ArgumentParser:
         help="vLLM render servers on this host for rendering and parsing (default: one per local replica, 1 with "
         "no local replica; they need the model's tokenizer files here; 0: render on the replicas themselves)",
     )
-    return parser
 
 
 CPU_REPLICA_NICENESS = 19
@@ -277,85 +297,117 @@ def remote_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def main(argv: list[str]) -> int:
-    import uvicorn
-
-    from .gateway import GatewayConfig, create_app
-    from .weight_sync import SyncConfig
-
-    args, vllm_args = make_parser().parse_known_args(argv)
-    cpu = is_cpu_build()
-    if args.print_replica_command:
-        print(replica_command_text(args.model, vllm_args, cpu), flush=True)
-        return 0
+def validate_args(args: argparse.Namespace) -> None:
+    """Fill in the defaults that depend on other flags and refuse bad values (`SystemExit` naming the flag)."""
     args.data_parallel_size = local_replica_count(args)
     args.replica = [remote_url(url) for url in args.replica]
-    n_render = render_server_count(args)
+    args.render_servers = render_server_count(args)
     if args.weight_sync_timeout <= 0:
         raise SystemExit("trl vllm-serve-async: --weight-sync-timeout must be positive")
     if not 0 < args.port < 65536:
         raise SystemExit(f"trl vllm-serve-async: --port {args.port} is not a valid port")
-    flags = replica_flags(vllm_args, cpu)
-    backend = weight_transfer_backend(flags)
-    try:  # before anything starts: a replica that cannot serve stops the command at once
-        remotes = check_replicas(args.replica, model=args.model, backend=backend, lora="--enable-lora" in flags)
-    except ReplicaCheckError as exc:
-        print(f"[vllm-serve-async] {exc}", file=sys.stderr, flush=True)
-        return 2
-    named_remotes = [(f"remote-{i}", remote) for i, remote in enumerate(remotes)]
-    for name, remote in named_remotes:
+
+
+def check_remote_replicas(args: argparse.Namespace, backend: str, lora: bool) -> list[tuple[str, str]]:
+    """Check every `--replica` (`ReplicaCheckError` names what any lacks), print each; their names and URLs."""
+    remotes = check_replicas(args.replica, model=args.model, backend=backend, lora=lora)
+    named = []
+    for i, remote in enumerate(remotes):
+        name = f"remote-{i}"
         workers = f"{remote.workers} worker{'s' if remote.workers != 1 else ''}"
         print(f"[vllm-serve-async] {name}: {remote.url} (vLLM {remote.version}, {workers})", flush=True)
+        named.append((name, remote.url))
+    return named
+
+
+def local_servers(
+    args: argparse.Namespace, vllm_args: list[str], cpu: bool
+) -> tuple[list[VLLMReplica], list[RenderServer]]:
+    """The local replicas and render servers, not started yet, each logging to its file in `--log-dir`."""
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="trl-agents-replicas-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    plans = replica_plan(args, vllm_args, cpu)
-    replicas = [VLLMReplica(args.model, log_path=log_dir / f"{plan['name']}.log", **plan) for plan in plans]
+    replicas = [
+        VLLMReplica(args.model, log_path=log_dir / f"{plan['name']}.log", **plan)
+        for plan in replica_plan(args, vllm_args, cpu)
+    ]
+    flags = replica_flags(vllm_args, cpu)
     renderers = [
         RenderServer(args.model, name=f"render-{i}", args=flags, log_path=log_dir / f"render-{i}.log")
-        for i in range(n_render)
+        for i in range(args.render_servers)
     ]
+    return replicas, renderers
 
-    def on_sigterm(signum, frame):
-        raise KeyboardInterrupt  # same clean-up path as Ctrl-C
 
-    signal.signal(signal.SIGTERM, on_sigterm)
-    # Bind the gateway's port first: it fails fast if taken, and no replica's own ports can take it meanwhile.
-    listener = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # same clean-up path as Ctrl-C
+
+
+def bind_gateway_port(host: str, port: int) -> socket.socket:
+    """The gateway's listening socket, bound before any replica starts: it fails fast if the port is taken, and no
+    replica's own ports can take it meanwhile."""
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        listener.bind((args.host, args.port))
+        listener.bind((host, port))
     except OSError as exc:
         listener.close()
-        raise SystemExit(f"trl vllm-serve-async: cannot listen on {args.host}:{args.port}: {exc}") from exc
+        raise SystemExit(f"trl vllm-serve-async: cannot listen on {host}:{port}: {exc}") from exc
+    return listener
+
+
+def gateway_config(
+    args: argparse.Namespace,
+    replicas: list[VLLMReplica],
+    renderers: list[RenderServer],
+    remotes: list[tuple[str, str]],
+    backend: str,
+) -> GatewayConfig:
+    """What the gateway serves: the local replicas (their URLs are known before they start), the remote ones (names
+    and URLs) and the render servers. Built before anything starts, so a gateway that cannot load fails at once."""
+    from .gateway import GatewayConfig
+    from .weight_sync import SyncConfig
+
+    return GatewayConfig(
+        replicas=[(r.name, r.url) for r in replicas] + remotes,
+        render_urls=[r.url for r in renderers],
+        api_token=args.api_token,
+        sync=SyncConfig.from_total(args.weight_sync_timeout),
+        journal_dir=args.journal_dir,
+        weight_transfer_backend=backend,  # trainers read it (GET /weights) to pick the same one
+    )
+
+
+def serve_gateway(config: GatewayConfig, listener: socket.socket, host: str, port: int) -> None:
+    """Serve the gateway on `listener` (bound to `host`:`port`) until it stops."""
+    import uvicorn
+
+    from .gateway import create_app
+
+    print(f"[vllm-serve-async] gateway on http://{host}:{port} (sessions: /sessions/{{sid}}/v1)", flush=True)
+    logging.basicConfig(level=logging.INFO)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            host=host,
+            port=port,
+            log_level="warning",
+            timeout_graceful_shutdown=5,
+            # Agents keep pooled connections idle while their tools run. uvicorn's default (5 s) closes them
+            # under the client, and a request sent as it closes fails with a reset (make reliability found it
+            # with 256 sessions): keep idle connections longer than any tool call.
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        )
+    )
+    server.run(sockets=[listener])
+
+
+def run_servers(
+    args: argparse.Namespace, listener: socket.socket, servers: list[ServerProcess], config: GatewayConfig
+) -> int:
+    """Start the local servers, serve the gateway until Ctrl-C or SIGTERM, stop every child; the exit code."""
     try:
-        start_replicas([*replicas, *renderers], args.startup_timeout)
-        config = GatewayConfig(
-            replicas=[(r.name, r.url) for r in replicas] + [(name, r.url) for name, r in named_remotes],
-            render_urls=[r.url for r in renderers],
-            api_token=args.api_token,
-            sync=SyncConfig.from_total(args.weight_sync_timeout),
-            journal_dir=args.journal_dir,
-            weight_transfer_backend=backend,  # trainers read it (GET /weights) to pick the same one
-        )
-        print(
-            f"[vllm-serve-async] gateway on http://{args.host}:{args.port} (sessions: /sessions/{{sid}}/v1)",
-            flush=True,
-        )
-        logging.basicConfig(level=logging.INFO)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(config),
-                host=args.host,
-                port=args.port,
-                log_level="warning",
-                timeout_graceful_shutdown=5,
-                # Agents keep pooled connections idle while their tools run. uvicorn's default (5 s) closes them
-                # under the client, and a request sent as it closes fails with a reset (make reliability found it
-                # with 256 sessions): keep idle connections longer than any tool call.
-                timeout_keep_alive=KEEP_ALIVE_SECONDS,
-            )
-        )
-        server.run(sockets=[listener])
+        start_replicas(servers, args.startup_timeout)
+        serve_gateway(config, listener, args.host, args.port)
     except ReplicaError as exc:
         print(f"[vllm-serve-async] {exc}", file=sys.stderr, flush=True)
         return 1
@@ -364,6 +416,28 @@ def main(argv: list[str]) -> int:
     finally:
         listener.close()
         print("[vllm-serve-async] stopping replicas", flush=True)
-        for server in [*replicas, *renderers]:
+        for server in servers:
             server.stop()
     return 0
+
+
+def main(argv: list[str]) -> int:
+    """`trl vllm-serve-async ARGV`: parse, validate, check the remote replicas, start the local ones, serve."""
+    args, vllm_args = make_parser().parse_known_args(argv)
+    cpu = is_cpu_build()
+    if args.print_replica_command:
+        print(replica_command_text(args.model, vllm_args, cpu), flush=True)
+        return 0
+    validate_args(args)
+    flags = replica_flags(vllm_args, cpu)
+    backend = weight_transfer_backend(flags)
+    try:  # before anything starts: a replica that cannot serve stops the command at once
+        remotes = check_remote_replicas(args, backend, lora="--enable-lora" in flags)
+    except ReplicaCheckError as exc:
+        print(f"[vllm-serve-async] {exc}", file=sys.stderr, flush=True)
+        return 2
+    replicas, renderers = local_servers(args, vllm_args, cpu)
+    config = gateway_config(args, replicas, renderers, remotes, backend)
+    signal.signal(signal.SIGTERM, _interrupt)
+    listener = bind_gateway_port(args.host, args.port)
+    return run_servers(args, listener, [*replicas, *renderers], config)

@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 
@@ -100,6 +101,8 @@ class ServerProcess:
         niceness: Added to the child's scheduling niceness (0: same priority as this process).
     """
 
+    entry: ClassVar[tuple[str, ...]] = ()  # what `python -m` runs, before the common flags; subclasses set it
+
     def __init__(
         self,
         model: str,
@@ -132,7 +135,12 @@ class ServerProcess:
         return f"http://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
-        raise NotImplementedError
+        if not self.entry:
+            raise NotImplementedError
+        return [
+            sys.executable, "-m", *self.entry,
+            "--model", self.model, "--host", self.host, "--port", str(self.port), *self.args,
+        ]  # fmt: skip
 
     def start(self) -> None:
         """Start the child process; returns at once (see `wait_ready`)."""
@@ -230,31 +238,19 @@ class ServerProcess:
 class VLLMReplica(ServerProcess):
     """One vLLM OpenAI-compatible server (`python -m vllm.entrypoints.openai.api_server`)."""
 
-    def command(self) -> list[str]:
-        return [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", self.model, "--host", self.host, "--port", str(self.port), *self.args,
-        ]  # fmt: skip
+    entry = ("vllm.entrypoints.openai.api_server",)
 
 
 class RenderServer(ServerProcess):
     """vLLM's engine-less server for chat rendering and output parsing (`vllm launch render`)."""
 
-    def command(self) -> list[str]:
-        return [
-            sys.executable, "-m", "vllm.entrypoints.launchers.render.entry",
-            "--model", self.model, "--host", self.host, "--port", str(self.port), *self.args,
-        ]  # fmt: skip
+    entry = ("vllm.entrypoints.launchers.render.entry",)
 
 
 class ServeAsyncProcess(ServerProcess):
     """The whole `trl vllm-serve-async` command (replicas and gateway); `args` are its further flags."""
 
-    def command(self) -> list[str]:
-        return [
-            sys.executable, "-m", "trl.agents.cli", "vllm-serve-async",
-            "--model", self.model, "--host", self.host, "--port", str(self.port), *self.args,
-        ]  # fmt: skip
+    entry = ("trl.agents.cli", "vllm-serve-async")
 
     def replica_urls(self) -> list[str]:
         """URLs of the replicas behind the gateway, as its `/health` reports them."""

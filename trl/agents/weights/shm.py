@@ -57,12 +57,9 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 @functools.cache
-def _worker_classes():
-    from vllm.distributed.weight_transfer.base import (
-        WeightTransferEngine,
-        WeightTransferInitInfo,
-        WeightTransferUpdateInfo,
-    )
+def _worker_info_classes():
+    """The init and update messages of the worker engine (defined in a function: vLLM is imported only when used)."""
+    from vllm.distributed.weight_transfer.base import WeightTransferInitInfo, WeightTransferUpdateInfo
 
     @dataclass
     class ShmInitInfo(WeightTransferInitInfo):
@@ -83,6 +80,15 @@ def _worker_classes():
                     f"names, dtype_names, shapes and offsets must have one entry per tensor: got {n}, "
                     f"{len(self.dtype_names)}, {len(self.shapes)}, {len(self.offsets)}"
                 )
+
+    return ShmInitInfo, ShmUpdateInfo
+
+
+@functools.cache
+def _worker_classes():
+    from vllm.distributed.weight_transfer.base import WeightTransferEngine
+
+    ShmInitInfo, ShmUpdateInfo = _worker_info_classes()
 
     class ShmWeightTransferEngine(WeightTransferEngine[ShmInitInfo, ShmUpdateInfo]):
         """Loads chunks the trainer wrote to shared-memory files, with vLLM's layerwise reload."""
@@ -206,9 +212,24 @@ def write_chunk(tensors: list[tuple[str, torch.Tensor]], directory: Path | None 
     return chunk
 
 
+def cpu_batches(groups, buffer_size_bytes: int):
+    """The tensors of `groups` (`(names, tensors)` pairs; `None` for a tensor this rank does not hold) copied to
+    the CPU, in batches of at least `buffer_size_bytes` (the last one may hold less): what one chunk file holds."""
+    pending: list[tuple[str, torch.Tensor]] = []
+    pending_bytes = 0
+    for names, tensors in groups:
+        pending += [(n, t.detach().to("cpu")) for n, t in zip(names, tensors, strict=True) if t is not None]
+        pending_bytes += sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        if pending_bytes >= buffer_size_bytes:
+            yield pending
+            pending, pending_bytes = [], 0
+    if pending:
+        yield pending
+
+
 @functools.cache  # one set of classes per process: vLLM's factory registers a backend once
-def _trainer_classes():
-    from vllm.distributed.weight_transfer.base import TrainerInitInfo, TrainerWeightTransferEngine
+def _trainer_info_class():
+    from vllm.distributed.weight_transfer.base import TrainerInitInfo
 
     @dataclass
     class ShmTrainerInitInfo(TrainerInitInfo):
@@ -216,6 +237,15 @@ def _trainer_classes():
 
         backend: ClassVar[str] = BACKEND
         buffer_size_bytes: int = DEFAULT_BUFFER_BYTES
+
+    return ShmTrainerInitInfo
+
+
+@functools.cache  # one set of classes per process: vLLM's factory registers a backend once
+def _trainer_classes():
+    from vllm.distributed.weight_transfer.base import TrainerWeightTransferEngine
+
+    ShmTrainerInitInfo = _trainer_info_class()
 
     class ShmTrainerWeightTransferEngine(TrainerWeightTransferEngine[ShmTrainerInitInfo]):
         """Writes the source group by group into chunk files and has every replica load each one."""
@@ -244,22 +274,14 @@ def _trainer_classes():
         def send_weights(self) -> None:
             """Every rank iterates the source (gathers are collective); only the sender writes and calls."""
             self.bytes_sent = 0
-            pending: list[tuple[str, torch.Tensor]] = []
-            pending_bytes = 0
-            if self.is_sender:
-                self.client.start_weight_update()
-            for names, tensors in self.source.iter_groups():
-                if not self.is_sender:
-                    continue
-                pending += [(n, t.detach().to("cpu")) for n, t in zip(names, tensors, strict=True) if t is not None]
-                pending_bytes += sum(t.numel() * t.element_size() for t in tensors if t is not None)
-                if pending_bytes >= self.buffer_size_bytes:
-                    self._ship(pending)
-                    pending, pending_bytes = [], 0
-            if self.is_sender:
-                if pending:
-                    self._ship(pending)
-                self.client.finish_weight_update()
+            if not self.is_sender:
+                for _ in self.source.iter_groups():
+                    pass
+                return
+            self.client.start_weight_update()
+            for batch in cpu_batches(self.source.iter_groups(), self.buffer_size_bytes):
+                self._ship(batch)
+            self.client.finish_weight_update()
 
         def _ship(self, tensors: list[tuple[str, torch.Tensor]]) -> None:
             chunk = write_chunk(tensors)

@@ -18,40 +18,28 @@ from .deps import gateway_of, require_token, weights_body
 router = APIRouter(dependencies=[Depends(require_token)])
 
 
-@router.post("/weights/init")
-async def weights_init(request: Request) -> JSONResponse:
-    body = await weights_body(request, InitBody)
-    return JSONResponse(await gateway_of(request).weights.init(body.init_info))
+# phase -> (its body model, what it runs on the gateway's `WeightSync`); each is `POST /weights/{phase}`
+PHASES = {
+    "init": (InitBody, lambda weights, body: weights.init(body.init_info)),
+    "start": (WeightsBody, lambda weights, body: weights.start()),
+    "update": (UpdateBody, lambda weights, body: weights.update(body.update_info)),
+    "finish": (WeightsBody, lambda weights, body: weights.finish()),
+    "abort": (AbortBody, lambda weights, body: weights.abort(body.reason_text)),
+    "lora": (LoraBody, lambda weights, body: weights.load_lora(body.lora_path, body.lora_name)),
+}
 
 
-@router.post("/weights/start")
-async def weights_start(request: Request) -> JSONResponse:
-    await weights_body(request, WeightsBody)  # nothing to read, but a malformed body is still an error
-    return JSONResponse(await gateway_of(request).weights.start())
+def _phase_route(body_model: type[WeightsBody], run):
+    async def route(request: Request) -> JSONResponse:
+        # the body is parsed even where nothing is read from it: a malformed body is still an error
+        body = await weights_body(request, body_model)
+        return JSONResponse(await run(gateway_of(request).weights, body))
+
+    return route
 
 
-@router.post("/weights/update")
-async def weights_update(request: Request) -> JSONResponse:
-    body = await weights_body(request, UpdateBody)
-    return JSONResponse(await gateway_of(request).weights.update(body.update_info))
-
-
-@router.post("/weights/finish")
-async def weights_finish(request: Request) -> JSONResponse:
-    await weights_body(request, WeightsBody)
-    return JSONResponse(await gateway_of(request).weights.finish())
-
-
-@router.post("/weights/abort")
-async def weights_abort(request: Request) -> JSONResponse:
-    body = await weights_body(request, AbortBody)
-    return JSONResponse(await gateway_of(request).weights.abort(body.reason_text))
-
-
-@router.post("/weights/lora")
-async def weights_lora(request: Request) -> JSONResponse:
-    body = await weights_body(request, LoraBody)
-    return JSONResponse(await gateway_of(request).weights.load_lora(body.lora_path, body.lora_name))
+for _name, (_body, _run) in PHASES.items():
+    router.add_api_route(f"/weights/{_name}", _phase_route(_body, _run), methods=["POST"], name=f"weights_{_name}")
 
 
 @router.get("/weights")
