@@ -46,8 +46,9 @@ def test_gpus_are_split_between_serving_and_training(tmp_path):
     assert server.startswith("CUDA=0 vllm-serve-async --model Qwen/Qwen3-8B --data-parallel-size 1 --port 20042")
     assert server.rstrip().endswith("stopped")  # the server is stopped when training ends
     assert train.startswith("CUDA=1,2,3 TOKEN=") and "--num_processes 3" in train
-    assert "grpo.py --model_name_or_path Qwen/Qwen3-8B --server_url http://127.0.0.1:20042" in train and train.rstrip().endswith(
-        "--use_peft"
+    assert (
+        "grpo.py --model_name_or_path Qwen/Qwen3-8B --server_url http://127.0.0.1:20042" in train
+        and train.rstrip().endswith("--use_peft")
     )
     token = train.split("TOKEN=")[1].split()[0]
     assert f"--api-token {token}" in server and len(token) == 32
