@@ -122,9 +122,9 @@ def test_rows_match_the_trajectory_and_the_engine_logprobs(gateway, client, tiny
         assert sampled_text.count("<tool_call>") == 2
         # Compare on the free last turn: the forced turns' engine logprobs are those of the grammar-constrained
         # distribution (vLLM applies the structured-output mask before computing logprobs), not the model's.
-        turn = rollout.last_episodes[i].trajectory["segments"][-1]["turns"][-1]
-        start = turn["prompt_tokens"] - len(prompt_ids)
-        free = slice(start, start + turn["completion_tokens"])
+        turn = rollout.last_episodes[i].trajectory.segments[-1].turns[-1]
+        start = turn.prompt_tokens - len(prompt_ids)
+        free = slice(start, start + turn.completion_tokens)
         assert all(env_mask[free])
         mine, _ = trainer_logprobs(model, prompt_ids + completion_ids, len(prompt_ids))
         diffs.append((mine[free] - torch.tensor(logprobs[free])).abs())
@@ -277,14 +277,14 @@ def test_forked_episode_trains_on_its_last_segment(gateway, client, tiny_model_d
     rollout.close()
     trajectories = [episode.trajectory for episode in rollout.last_episodes]
     for i, trajectory in enumerate(trajectories):
-        assert len(trajectory["segments"]) == 2, trajectory["session_id"]
-        last = trajectory["segments"][-1]
-        start = last["prompt_length"]
-        assert output["prompt_ids"][i] == last["token_ids"][:start]
-        assert output["completion_ids"][i] == last["token_ids"][start:]
-        assert output["env_mask"][i] == last["mask"][start:]
+        assert len(trajectory.segments) == 2 and trajectory.forks == 1, trajectory.session_id
+        last = trajectory.segments[-1].tokens
+        start = last.prompt_length
+        assert output["prompt_ids"][i] == last.token_ids[:start]
+        assert output["completion_ids"][i] == last.token_ids[start:]
+        assert output["env_mask"][i] == last.mask[start:]
     assert rollout.totals["forks"] == 2
-    assert rollout.totals["tokens_dropped_by_forks"] == sum(sum(t["segments"][0]["mask"]) for t in trajectories)
+    assert rollout.totals["tokens_dropped_by_forks"] == sum(t.segments[0].tokens.num_sampled for t in trajectories)
 
 
 def test_two_processes_each_run_their_own_slice(gateway, client, tiny_model_dir, tmp_path):

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from trl.agents.journal import JournalError
 from trl.agents.masking import MaskedTokens
 from trl.agents.server.routing import ReplicaHandle, Router
-from trl.agents.server.sessions import (
-    JournalError,
-    Session,
-    SessionStore,
-    Turn,
-    canonical_message,
-    new_messages,
-)
+from trl.agents.server.sessions import Session, SessionStore, canonical_message, new_messages
+from trl.agents.trajectory import TurnRecord
 
 
 def test_echoed_assistant_reply_matches_what_was_returned():
@@ -78,7 +73,7 @@ def record_turn(store: SessionStore, session: Session, context: list[int], sampl
     segment.tokens.add_context(context)
     segment.tokens.add_sampled(sampled, [-0.5] * len(sampled))
     segment.messages.append(f"message {len(segment.messages)}")
-    segment.turns.append(Turn(version, "stop", len(segment.tokens) - len(sampled), len(sampled), ["shell"], 0.1))
+    segment.turns.append(TurnRecord(version, "stop", len(segment.tokens) - len(sampled), len(sampled), ["shell"], 0.1))
     store.save(session)
 
 
@@ -93,10 +88,10 @@ def test_journal_reloads_every_session_exactly(tmp_path):
     store.save(a)  # nothing new: nothing written
     assert len((tmp_path / "ep-a.jsonl").read_text().splitlines()) == 4  # created + 3 turns
     reloaded = SessionStore(tmp_path)
-    assert {s.session_id: s.to_dict() for s in reloaded} == {s.session_id: s.to_dict() for s in store}
+    assert {s.session_id: s.trajectory() for s in reloaded} == {s.session_id: s.trajectory() for s in store}
     assert reloaded.get("ep-a").forks == 1 and reloaded.get("ep-a").segments[0].messages == ["message 0", "message 1"]
     record_turn(reloaded, reloaded.get("ep-b"), [3], [4], 3)  # recording goes on after a restart
-    assert SessionStore(tmp_path).get("ep-b").to_dict() == reloaded.get("ep-b").to_dict()
+    assert SessionStore(tmp_path).get("ep-b").trajectory() == reloaded.get("ep-b").trajectory()
     reloaded.delete("ep-a")
     assert not (tmp_path / "ep-a.jsonl").exists() and SessionStore(tmp_path).get("ep-a") is None
 
@@ -105,11 +100,11 @@ def test_journal_skips_a_torn_last_line_and_refuses_damage_elsewhere(tmp_path):
     store = SessionStore(tmp_path)
     session = store.create("ep", "replica-0")
     record_turn(store, session, [1], [2], 0)
-    intact = session.to_dict()
+    intact = session.trajectory().to_json()
     with open(tmp_path / "ep.jsonl", "a") as f:
         f.write('{"segment": 0, "forks": 0, "token_ids": [3')  # a crash in the middle of a write
     reloaded = SessionStore(tmp_path)
-    assert reloaded.get("ep").to_dict() == intact and reloaded.torn_lines == 1
+    assert reloaded.get("ep").trajectory().to_json() == intact and reloaded.torn_lines == 1
     lines = (tmp_path / "ep.jsonl").read_text().splitlines()
     (tmp_path / "ep.jsonl").write_text("\n".join([lines[0], "garbage", lines[1]]) + "\n")
     with pytest.raises(JournalError, match="ep.jsonl, line 2, is damaged"):

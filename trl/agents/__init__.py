@@ -21,6 +21,9 @@ _EXPORTS = {
     "ReplayRollout": "replay",
     "ServerClient": "client",
     "ServerError": "client",
+    "SegmentRecord": "trajectory",
+    "Trajectory": "trajectory",
+    "TurnRecord": "trajectory",
     "WeightSyncCallback": "callbacks",
 }
 
@@ -29,7 +32,10 @@ __all__ = [
     "DataCollatorForAgentTrajectories",
     "ReplayRollout",
     "ServerClient",
+    "SegmentRecord",
     "ServerError",
+    "Trajectory",
+    "TurnRecord",
     "WeightSyncCallback",
     "filter_by_reward",
 ]
@@ -41,6 +47,7 @@ if TYPE_CHECKING:
     from .data import filter_by_reward
     from .replay import ReplayRollout
     from .rollout import AgentRollout
+    from .trajectory import SegmentRecord, Trajectory, TurnRecord
 
 
 def __getattr__(name: str):

@@ -115,7 +115,8 @@ class ServerClient:
         return f"{self.base_url}/sessions/{sid}/v1"
 
     def trajectory(self, sid: str) -> dict[str, Any]:
-        """The recorded trajectory of session `sid` (the gateway's trajectory format)."""
+        """The recorded trajectory of session `sid`, as the gateway's JSON (`trl.agents.Trajectory.from_json` types
+        and checks it)."""
         return self._call("GET", f"/sessions/{sid}/trajectory")
 
     def sessions(self) -> list[dict[str, Any]]:

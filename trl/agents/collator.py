@@ -1,6 +1,6 @@
 """`DataCollatorForAgentTrajectories`: SFT batches from agent trajectories, loss only on tokens the model produced.
 
-A feature is either a recorded segment (the gateway's trajectory format: `token_ids`, `mask`, ...), used as
+A feature is either a recorded segment (a `trajectory.SegmentRecord`, or its JSON: `token_ids`, `mask`, ...), used as
 recorded, or a conversation `{"messages": [...], "tools": [...]}`, rendered with the tokenizer's chat template one
 assistant turn at a time (`render_conversation`): each assistant message is rendered behind the generation prompt
 and appended as trainable, and the messages between assistant turns are appended with the same turn bridge the
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .masking import MaskedTokens, last_turn_only
+from .trajectory import SegmentRecord
 from .turns import ANCHOR, Anchor, TemplateError, local_anchor, tokenizer_renderer
 
 
@@ -95,10 +96,12 @@ class DataCollatorForAgentTrajectories:
         if self.tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token: set tokenizer.pad_token first")
 
-    def encode(self, feature: dict[str, Any]) -> MaskedTokens:
+    def encode(self, feature: dict[str, Any] | SegmentRecord) -> MaskedTokens:
         """One feature's tokens and mask, before truncation and padding."""
-        if "token_ids" in feature and "mask" in feature:
-            tokens = MaskedTokens.from_segment(feature)
+        if isinstance(feature, SegmentRecord):
+            tokens = feature.tokens
+        elif "token_ids" in feature and "mask" in feature:
+            tokens = SegmentRecord.from_json(feature, "feature").tokens
         elif "messages" in feature:
             tools = feature.get("tools") or None
             key = json.dumps(tools, sort_keys=True)
@@ -112,7 +115,7 @@ class DataCollatorForAgentTrajectories:
             )
         return last_turn_only(tokens) if self.turns == "last" else tokens
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, features: list[dict[str, Any] | SegmentRecord]) -> dict[str, Any]:
         import torch
 
         rows = []

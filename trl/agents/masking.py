@@ -5,7 +5,8 @@ template, tool results, user turns; mask 0, no logprob) and `add_sampled(ids, lo
 sampled (mask 1, engine logprob). The gateway records sessions with it and the rollout hook and the SFT collator
 read it, so "which tokens are trained on" is decided here and nowhere else.
 
-Not here: rendering chat messages or talking to a server. Masks are never recovered from decoded text.
+Not here: rendering chat messages or talking to a server, reading recorded JSON (`trajectory.SegmentRecord` holds
+its tokens in a `MaskedTokens`). Masks are never recovered from decoded text.
 """
 
 from __future__ import annotations
@@ -54,12 +55,6 @@ class MaskedTokens:
     @property
     def num_sampled(self) -> int:
         return sum(self.mask)
-
-    @classmethod
-    def from_segment(cls, segment: dict) -> MaskedTokens:
-        """Rebuild from one segment of a recorded trajectory (the gateway's format; `logprobs` may be left out)."""
-        mask = list(segment["mask"])
-        return cls(list(segment["token_ids"]), mask, list(segment.get("logprobs") or [None] * len(mask)))
 
     def labels(self, ignore_index: int = -100) -> list[int]:
         """Language-modelling labels: the token where the model sampled it, `ignore_index` everywhere else."""

@@ -10,7 +10,10 @@ Sources it reads:
 * a JSONL file written by `AgentRollout(record_to=...)`: one episode per line with its prompt, the agent's result
   (reaching the reward functions as before), its failure and the gateway's trajectory;
 * a JSONL file of bare trajectories, one `GET /sessions/{sid}/trajectory` answer per line;
-* a folder of gateway session journals (`trl vllm-serve-async --journal-dir`): sessions still open there.
+* a folder of gateway session journals (`trl vllm-serve-async --journal-dir`): sessions still open there, read
+  with `journal.py` (no gateway code is imported).
+
+Every trajectory is read as a `trajectory.Trajectory`: a malformed one is an error naming the line and the field.
 
 Which episode answers which prompt (`match`): `"prompt"` (the default) gives each prompt its own recorded episodes,
 in recorded order, cycling when the trainer asks for more than were recorded; `"order"` hands out episodes in file
@@ -28,14 +31,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from . import journal
 from .rollout import Episode, EpisodeRollout, prompt_key
+from .trajectory import Trajectory
 
 
 MATCHES = ("prompt", "order")
 
 
 def load_records(source: str | os.PathLike | list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Episode records from `source` (see the module docstring), each with at least a `trajectory`."""
+    """Episode records from `source` (see the module docstring), each with at least a `trajectory` (a `Trajectory`,
+    or `None` for an episode that recorded none)."""
     if isinstance(source, list):
         lines = [(f"item {i}", record) for i, record in enumerate(source)]
     else:
@@ -52,23 +58,29 @@ def load_records(source: str | os.PathLike | list[dict[str, Any]]) -> list[dict[
                 lines.append((f"{path}, line {number}", json.loads(text)))
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}, line {number}, is not JSON: {exc}") from None
-    records = []
-    for where, line in lines:
-        record = line if "trajectory" in line else {"trajectory": line}  # a bare trajectory
-        segments = (record["trajectory"] or {}).get("segments") if isinstance(record["trajectory"], dict) else None
-        if record["trajectory"] is not None and not isinstance(segments, list):
-            raise ValueError(f"{where}: neither an episode record nor a trajectory (no 'segments' list)")
-        records.append(record)
+    records = [_record(where, line) for where, line in lines]
     if not records:
         raise ValueError(f"no recorded episodes in {source}")
     return records
 
 
-def _journal_records(folder: Path) -> list[dict[str, Any]]:
-    from .server.sessions import SessionStore
+def _record(where: str, line: Any) -> dict[str, Any]:
+    """An episode record (a copy, its trajectory typed) from a record or a bare trajectory."""
+    if not isinstance(line, dict):
+        raise ValueError(f"{where}: neither an episode record nor a trajectory (not a JSON object)")
+    record = dict(line) if "trajectory" in line else {"trajectory": line}  # a bare trajectory
+    if record["trajectory"] is not None and not isinstance(record["trajectory"], Trajectory):
+        try:
+            record["trajectory"] = Trajectory.from_json(record["trajectory"])
+        except ValueError as exc:
+            bare = "" if "trajectory" in line else "neither an episode record nor a trajectory: "
+            raise ValueError(f"{where}: {bare}{exc}") from None
+    return record
 
-    store = SessionStore(folder)
-    records = [{"session_id": s.session_id, "trajectory": s.to_dict()} for s in store]
+
+def _journal_records(folder: Path) -> list[dict[str, Any]]:
+    recorded = journal.read_folder(folder)
+    records = [{"session_id": r.trajectory.session_id, "trajectory": r.trajectory} for r in recorded]
     if not records:
         raise ValueError(f"no session journals (*.jsonl) in {folder}")
     return sorted(records, key=lambda r: r["session_id"])

@@ -20,7 +20,8 @@ Policies, and why:
   and is counted (`agent/failures/<reason>`, and `totals`). A synchronous agent that hangs cannot be killed: its
   thread is abandoned (give the agent's OpenAI client a timeout too); a coroutine agent is cancelled.
 
-The row masks come from `masking.MaskedTokens`, the same code the SFT collator uses. Metrics go to the trainer's own
+Trajectories are read as `trajectory.Trajectory` (a malformed answer is a `trajectory_error`); the row masks come
+from its segments' `masking.MaskedTokens`, the same code the SFT collator uses. Metrics go to the trainer's own
 metric store, so they appear in its logs and every `report_to` integration. `record_to=path` appends every episode
 (prompt, agent result, failure, trajectory) to a JSONL file that `trl.agents.replay.ReplayRollout` feeds back to
 the trainer without a server; both share `EpisodeRollout`, which turns episodes into rows. Not here: weight sync (add
@@ -43,7 +44,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .masking import MaskedTokens, RolloutRow
+from .masking import RolloutRow
+from .trajectory import Trajectory
 
 
 logger = logging.getLogger("trl.agents.rollout")
@@ -63,7 +65,7 @@ class GatewayClient(Protocol):
     """What the rollout needs from `trl.agents.ServerClient`."""
 
     def session_url(self, sid: str) -> str: ...
-    def trajectory(self, sid: str) -> dict[str, Any]: ...
+    def trajectory(self, sid: str) -> dict[str, Any]: ...  # the gateway's JSON (`Trajectory.from_json` reads it)
     def close_session(self, sid: str) -> None: ...
     @property
     def weight_version(self) -> int: ...
@@ -79,7 +81,7 @@ class Episode:
     failure: str | None = None
     error: str = ""
     seconds: float = 0.0
-    trajectory: dict[str, Any] | None = None  # as the gateway recorded it
+    trajectory: Trajectory | None = None  # as the gateway recorded it
 
 
 def _tokenizer(trainer):
@@ -146,7 +148,8 @@ class EpisodeRollout:
         lines = b"".join(
             (json.dumps({
                 "prompt": prompt, "session_id": e.session_id, "step": step, "rank": rank, "result": e.result,
-                "failure": e.failure, "error": e.error, "seconds": e.seconds, "trajectory": e.trajectory,
+                "failure": e.failure, "error": e.error, "seconds": e.seconds,
+                "trajectory": None if e.trajectory is None else e.trajectory.to_json(),
             }, default=str, separators=(",", ":")) + "\n").encode()
             for prompt, e in zip(prompts, episodes, strict=True)
         )  # fmt: skip
@@ -159,9 +162,9 @@ class EpisodeRollout:
     # -- rows and metrics -----------------------------------------------------------------------------------------
 
     def _row(self, prompt: Any, episode: Episode, trainer, stats: Counter) -> RolloutRow:
-        segments = (episode.trajectory or {}).get("segments") or []
+        segments = episode.trajectory.segments if episode.trajectory is not None else []
         max_len = self.max_completion_length or getattr(getattr(trainer, "args", None), "max_completion_length", None)
-        row = MaskedTokens.from_segment(segments[-1]).split(max_len) if segments else None
+        row = segments[-1].tokens.split(max_len) if segments else None
         if row is not None and not any(row.env_mask) and not episode.failure:
             episode.failure, episode.error = "no_tokens", "the episode sampled no tokens"
         if row is None:
@@ -171,19 +174,19 @@ class EpisodeRollout:
         if episode.failure:
             row = row._replace(env_mask=[0] * len(row.env_mask))  # nothing trainable in a failed episode
             stats[f"failures/{episode.failure}"] += 1
-        turns = [turn for segment in segments for turn in segment["turns"]]
+        turns = [turn for segment in segments for turn in segment.turns]
         stats["episodes"] += 1
         stats["turns"] += len(turns)
         stats["forks"] += max(0, len(segments) - 1)
-        stats["tokens_dropped_by_forks"] += sum(sum(s["mask"]) for s in segments[:-1])
+        stats["tokens_dropped_by_forks"] += sum(s.tokens.num_sampled for s in segments[:-1])
         stats["tokens_sampled"] += sum(row.env_mask)
         stats["tokens_inserted"] += len(row.env_mask) - sum(row.env_mask)
         stats["clipped"] += int(row.clipped > 0)
-        generation = sum(turn.get("seconds", 0.0) for turn in turns)
+        generation = sum(turn.seconds for turn in turns)
         stats["generation_seconds"] += generation
         stats["agent_seconds"] += max(0.0, episode.seconds - generation)
         for turn in turns:
-            for tool in turn.get("tool_calls", []):
+            for tool in turn.tool_calls:
                 stats[f"tool_calls/{tool}"] += 1
         return row
 
@@ -378,12 +381,17 @@ class AgentRollout(EpisodeRollout):
         from .client import ServerError
 
         try:
-            episode.trajectory = self.client.trajectory(episode.session_id)
+            answer = self.client.trajectory(episode.session_id)
         except ServerError as exc:
             if exc.status != 404 and not episode.failure:  # 404: the agent never called the model
                 episode.failure, episode.error = "trajectory_error", str(exc)
-        else:
-            self.client.close_session(episode.session_id)
+            return
+        self.client.close_session(episode.session_id)
+        try:
+            episode.trajectory = Trajectory.from_json(answer)
+        except ValueError as exc:
+            if not episode.failure:
+                episode.failure, episode.error = "trajectory_error", f"the gateway answered no trajectory: {exc}"
 
     # -- observability -----------------------------------------------------------------------------------------
 

@@ -182,13 +182,13 @@ class Gateway:
         }
 
     async def trajectory(self, sid: str) -> JSONResponse:
-        """Session `sid`'s recording, rendered under its lock: never a half-recorded turn (`to_dict` shares the
+        """Session `sid`'s recording, rendered under its lock: never a half-recorded turn (its `Trajectory` shares the
         session's lists, so the JSON is written before the lock is released, not by the route afterwards)."""
         session = self.sessions.get(sid)
         if session is None:
             raise GatewayError(404, f"unknown session {sid[:200]!r}")
         async with session.lock:
-            return JSONResponse(session.to_dict())
+            return JSONResponse(session.trajectory().to_json())
 
     def delete_session(self, sid: str) -> dict[str, Any]:
         session = self.sessions.delete(sid)

@@ -31,9 +31,10 @@ from typing import Any
 
 import aiohttp
 
+from ..trajectory import TurnRecord
 from ..turns import ANCHOR, ANCHOR_CONTENT, Anchor, TemplateError
 from .routing import ReplicaHandle
-from .sessions import Session, Turn, canonical_message, new_messages
+from .sessions import Session, canonical_message, new_messages
 from .upstream import GatewayError, post_json
 from .weight_sync import Policy
 
@@ -130,7 +131,9 @@ class Recorder:
         segment.messages.append(canonical_message(choice["message"]))
         tools = [call["function"]["name"] for call in choice["message"].get("tool_calls") or []]
         segment.turns.append(
-            Turn(policy.version, choice.get("finish_reason"), len(context), len(sampled), tools, round(seconds, 4))
+            TurnRecord(
+                policy.version, choice.get("finish_reason"), len(context), len(sampled), tools, round(seconds, 4)
+            )
         )
         return answer
 
@@ -213,7 +216,7 @@ class Recorder:
         if choice.get("finish_reason") == "stop" and isinstance(choice.get("text"), str):
             choice["text"] = cut_at_stop_string(choice["text"], rendered["sampling_params"])
         segment.turns.append(
-            Turn(policy.version, choice.get("finish_reason"), len(context), len(sampled), [], round(seconds, 4))
+            TurnRecord(policy.version, choice.get("finish_reason"), len(context), len(sampled), [], round(seconds, 4))
         )
         if body.get("return_token_ids"):
             choice["prompt_token_ids"], choice["token_ids"] = context, sampled

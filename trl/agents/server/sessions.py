@@ -1,25 +1,28 @@
 """What the gateway records per agent episode: sessions, segments, turns, and when a request extends a segment.
 
-A session is a list of segments. A segment is one token-exact history (`MaskedTokens`) plus the chat messages it
-stands for. A new request *extends* the current segment when the messages it sends start with exactly the
-messages already recorded (compared by `canonical_message`, which ignores what clients legitimately drop or
-rewrite when they echo a reply back: ids, `null` fields, reasoning text, JSON spacing of tool arguments). Then only
-the new messages are rendered and appended; otherwise the agent edited or dropped history, and a new segment
-starts (a *fork*), leaving the old one intact.
+A session is a list of segments. A segment is one token-exact history with its turns (a `trajectory.SegmentRecord`)
+plus the chat messages it stands for (kept here, not on the wire). A new request *extends* the current segment when
+the messages it sends start with exactly the messages already recorded (compared by `canonical_message`, which
+ignores what clients legitimately drop or rewrite when they echo a reply back: ids, `null` fields, reasoning text,
+JSON spacing of tool arguments). Then only the new messages are rendered and appended; otherwise the agent edited or
+dropped history, and a new segment starts (a *fork*), leaving the old one intact.
+
+A session answers its recording as a `trajectory.Trajectory` (`Session.trajectory`): the trajectory's JSON is
+written by that module only.
 
 With a journal folder, every session is also an append-only JSONL file there (one line when it is created, one
-line per recorded turn with what the turn appended), so a restarted gateway reloads every trajectory it had
-recorded; deleting a session removes its file. A last line cut short by a crash is skipped (and counted in
-`SessionStore.torn_lines`); a damaged line anywhere else is an error naming the file.
+line per recorded turn with what the turn appended; the format is `journal.py`'s), so a restarted gateway reloads
+every trajectory it had recorded; deleting a session removes its file. A last line cut short by a crash is skipped
+(and counted in `SessionStore.torn_lines`); a damaged line anywhere else is an error naming the file.
 
-Not here: HTTP, rendering or generation (see `gateway.py`).
+Not here: HTTP, rendering or generation (see `gateway.py`), the trajectory's and the journal's formats
+(`trajectory.py`, `journal.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import re
 import time
@@ -27,41 +30,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..masking import MaskedTokens
+from .. import journal
+from ..journal import JournalFile
+from ..trajectory import SegmentRecord, Trajectory
 
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-logger = logging.getLogger("trl.agents.server")
 
 
 @dataclass
-class Turn:
-    """One generation inside a segment."""
+class Segment(SegmentRecord):
+    """One token-exact history with its turns (`SegmentRecord`) and the canonical form of the messages it
+    represents (gateway only: not on the wire)."""
 
-    policy_version: int
-    finish_reason: str | None
-    prompt_tokens: int  # tokens of the segment before this turn's sampled ones
-    completion_tokens: int
-    tool_calls: list[str] = field(default_factory=list)  # names of the tools the turn called, in order
-    seconds: float = 0.0  # engine time of the turn (generation only, not rendering or parsing)
-
-
-@dataclass
-class Segment:
-    """One token-exact history and the canonical form of the messages it represents."""
-
-    tokens: MaskedTokens = field(default_factory=MaskedTokens)
     messages: list[str] = field(default_factory=list)
-    turns: list[Turn] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "token_ids": self.tokens.token_ids,
-            "mask": self.tokens.mask,
-            "logprobs": self.tokens.logprobs,
-            "prompt_length": self.tokens.prompt_length,
-            "turns": [vars(turn) for turn in self.turns],
-        }
 
 
 @dataclass
@@ -86,13 +68,16 @@ class Session:
         self.segments.append(Segment())
         return self.segments[-1]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "session_id": self.session_id,
-            "replica": self.replica,
-            "forks": self.forks,
-            "segments": [segment.to_dict() for segment in self.segments],
-        }
+    def trajectory(self) -> Trajectory:
+        """The recording as it goes on the wire (sharing the session's lists: serialise it under the lock)."""
+        return Trajectory(self.session_id, self.replica, self.forks, list(self.segments))
+
+    @classmethod
+    def from_journal(cls, recorded: JournalFile) -> Session:
+        """The session a journal file recorded, as it was when its last line was written."""
+        t = recorded.trajectory
+        segments = [Segment(s.tokens, s.turns, m) for s, m in zip(t.segments, recorded.messages, strict=True)]
+        return cls(t.session_id, t.replica, segments, t.forks, recorded.created)
 
 
 def _text(content: Any) -> str:
@@ -144,10 +129,6 @@ def new_messages(recorded: list[str], messages: list[dict[str, Any]]) -> list[di
     return messages[len(recorded) :]
 
 
-class JournalError(RuntimeError):
-    """A session journal that cannot be read back."""
-
-
 class SessionStore:
     """Sessions by id, in memory, and in `journal_dir` when given (see the module docstring)."""
 
@@ -158,8 +139,9 @@ class SessionStore:
         self.torn_lines = 0
         if self.journal_dir is not None:
             self.journal_dir.mkdir(parents=True, exist_ok=True)
-            for path in sorted(self.journal_dir.glob("*.jsonl")):
-                self._load(path)
+            for recorded in journal.read_folder(self.journal_dir):
+                self.torn_lines += int(recorded.torn)
+                self._adopt(Session.from_journal(recorded))
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -173,7 +155,7 @@ class SessionStore:
     def create(self, session_id: str, replica: str) -> Session:
         session = self._sessions[session_id] = Session(session_id, replica)
         self._written[session_id] = []
-        self._append(session_id, {"session_id": session_id, "replica": replica, "created": session.created})
+        self._append(session_id, journal.session_line(session_id, replica, session.created))
         return session
 
     def delete(self, session_id: str) -> Session | None:
@@ -196,56 +178,18 @@ class SessionStore:
                 written[index] = now
             else:
                 written.append(now)
-            if (tokens, messages, turns) == now:
-                continue
-            t = segment.tokens
-            self._append(session.session_id, {
-                "segment": index, "forks": session.forks,
-                "token_ids": t.token_ids[tokens:], "mask": t.mask[tokens:], "logprobs": t.logprobs[tokens:],
-                "messages": segment.messages[messages:], "turns": [vars(x) for x in segment.turns[turns:]],
-            })  # fmt: skip
+            if (tokens, messages, turns) != now:
+                line = journal.segment_line(index, session.forks, segment, segment.messages, (tokens, messages, turns))
+                self._append(session.session_id, line)
 
     def _path(self, session_id: str) -> Path:
         return self.journal_dir / f"{session_id}.jsonl"
 
-    def _append(self, session_id: str, record: dict[str, Any]) -> None:
-        if self.journal_dir is None:
-            return
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        fd = os.open(self._path(session_id), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, line)  # one write per record: a crash leaves at most the last line torn
-        finally:
-            os.close(fd)
+    def _append(self, session_id: str, line: dict[str, Any]) -> None:
+        if self.journal_dir is not None:
+            journal.append(self._path(session_id), line)
 
-    def _load(self, path: Path) -> None:
-        lines = path.read_bytes().split(b"\n")
-        if lines and lines[-1] == b"":
-            lines.pop()
-        records = []
-        for number, line in enumerate(lines, 1):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                if number == len(lines):  # torn by a crash mid-write: everything before it is intact
-                    self.torn_lines += 1
-                    logger.warning("session journal %s: last line is incomplete; skipped", path)
-                    break
-                raise JournalError(f"session journal {path}, line {number}, is damaged: {exc}") from exc
-        if not records or "session_id" not in records[0]:
-            raise JournalError(f"session journal {path} does not start with a session record")
-        head = records[0]
-        session = Session(head["session_id"], head["replica"], created=head["created"])
-        for record in records[1:]:
-            index = record["segment"]
-            while len(session.segments) <= index:
-                session.segments.append(Segment())
-            segment = session.segments[index]
-            segment.tokens.token_ids.extend(record["token_ids"])
-            segment.tokens.mask.extend(record["mask"])
-            segment.tokens.logprobs.extend(record["logprobs"])
-            segment.messages.extend(record["messages"])
-            segment.turns.extend(Turn(**turn) for turn in record["turns"])
-            session.forks = record["forks"]
+    def _adopt(self, session: Session) -> None:
+        """Hold `session`, reloaded from its journal, as journaled up to now."""
         self._sessions[session.session_id] = session
         self._written[session.session_id] = [(len(s.tokens), len(s.messages), len(s.turns)) for s in session.segments]
