@@ -220,6 +220,8 @@ def parser() -> argparse.ArgumentParser:
     add("--token-limit", type=int, default=None)
     add("--response-limit", type=int, default=None)
     add("--fuzzy-match", type=float, default=None, help="the agent's apply_patch fuzzy threshold (see agent.py)")
+    add("--max-staleness", type=int, default=None, help="GRPO episodes of the next step run while the trainer "
+        "trains, at most this many policy versions behind (0: synchronous, the recipe's default)")  # fmt: skip
     add("--cache-dir", default=os.path.expanduser("~/.cache/trl-agents/code_repair"))
     return p
 
@@ -229,7 +231,7 @@ GRPO_OVERRIDES = {
     "grpo_steps": "max_steps", "grpo_learning_rate": "learning_rate", "num_generations": "num_generations",
     "batch_size": "per_device_train_batch_size", "temperature": "temperature", "tool_limit": "tool_limit",
     "token_limit": "token_limit", "response_limit": "response_limit", "fuzzy_match": "fuzzy_match",
-    "test_seconds": "test_seconds", "concurrency": "max_concurrency",
+    "test_seconds": "test_seconds", "concurrency": "max_concurrency", "max_staleness": "max_staleness",
 }  # fmt: skip
 
 

@@ -86,6 +86,11 @@ class GRPOScriptArguments:
     )
     test_seconds: float = field(default=120.0, metadata={"help": "time limit of one tests-pass check"})
     max_concurrency: int = field(default=8, metadata={"help": "episodes at once per training process"})
+    max_staleness: int = field(
+        default=0,
+        metadata={"help": "k >= 1: the next batches' episodes run while the trainer trains, no turn more than k "
+                  "policy versions behind (trl.agents.lookahead); 0: synchronous"},
+    )  # fmt: skip
     metrics_file: str | None = field(default=None, metadata={"help": "append one JSON line per logged step here"})
     record_to: str | None = field(default=None, metadata={"help": "append every episode to this JSONL (for replay)"})
     replay: str | None = field(
@@ -213,7 +218,7 @@ def _live_rollout(args: Arguments, workspaces, dataset):
     timeout = args.agent.time_limit + 120  # the agent stops itself at its time limit; this catches a hung server
     rollout = AgentRollout(
         agent, client, dataset=dataset, max_concurrency=script.max_concurrency, timeout=timeout,
-        record_to=script.record_to,
+        max_staleness=script.max_staleness, record_to=script.record_to,
     )  # fmt: skip
     return client, rollout
 

@@ -31,6 +31,7 @@ the trainer without a server; both share `EpisodeRollout`, which turns episodes 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import inspect
 import json
@@ -44,6 +45,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .correction import use_engine_logprobs
+from .lookahead import BatchPlan, staleness, versions_per_batch
 from .masking import RolloutRow
 from .trajectory import Trajectory
 
@@ -69,6 +72,15 @@ class GatewayClient(Protocol):
     def close_session(self, sid: str) -> None: ...
     @property
     def weight_version(self) -> int: ...
+
+
+@dataclass
+class _Started:
+    """A batch whose episodes run on the background loop (`done` resolves when the last one is collected)."""
+
+    keys: list[str]  # prompt_key of each row, in order
+    episodes: list[Episode]
+    done: concurrent.futures.Future
 
 
 @dataclass
@@ -129,13 +141,17 @@ class EpisodeRollout:
     def close(self) -> None:
         """Release what the episodes' source holds (nothing here)."""
 
+    def batch_stats(self, episodes: list[Episode]) -> Counter:
+        """Counts of this batch beyond the rows' own, merged over processes (keys ending in `_max` by maximum)."""
+        return Counter()
+
     def __call__(self, prompts: list[Any], trainer) -> dict[str, list]:
         rank = getattr(getattr(trainer, "accelerator", None), "process_index", 0)
         step = getattr(getattr(trainer, "state", None), "global_step", 0)
         started = time.monotonic()
         episodes = self.episodes(prompts, rank=rank, step=step, show=self.progress and rank == 0)
         wall = time.monotonic() - started
-        rows, stats = [], Counter()
+        rows, stats = [], self.batch_stats(episodes)
         for prompt, episode in zip(prompts, episodes, strict=True):
             rows.append(self._row(prompt, episode, trainer, stats))
         if self.record_to is not None:
@@ -223,9 +239,10 @@ class EpisodeRollout:
 
             merged: Counter[str] = Counter()
             for part in gather_object([dict(stats)]):
-                merged.update(part)
+                for key, value in part.items():
+                    merged[key] = max(merged[key], value) if key.endswith("_max") else merged[key] + value
             stats = merged
-        self.totals.update({k: v for k, v in stats.items() if not k.endswith("_seconds")})
+        self.totals.update({k: v for k, v in stats.items() if not k.endswith(("_seconds", "_max", "_sum"))})
         episodes = max(1, stats["episodes"])
         metrics = {
             "agent/episodes": stats["episodes"],
@@ -242,6 +259,7 @@ class EpisodeRollout:
         }
         for reason in FAILURE_REASONS:
             metrics[f"agent/failures/{reason}"] = stats.get(f"failures/{reason}", 0)
+        metrics.update(_staleness_metrics(stats))
         metrics.update({f"agent/{k}": v for k, v in stats.items() if k.startswith("tool_calls/")})
         self.last_metrics = metrics
         store = getattr(trainer, "_metrics", None)  # GRPOTrainer averages these into each log line
@@ -249,6 +267,18 @@ class EpisodeRollout:
             mode = "train" if getattr(getattr(trainer, "model", None), "training", True) else "eval"
             for key, value in metrics.items():
                 store[mode][key].append(float(value))
+
+
+def _staleness_metrics(stats: Counter) -> dict[str, float]:
+    """Policy versions behind the weights a batch is trained with (see `lookahead`), and the lookahead's counts."""
+    metrics = {f"agent/{key}": value for key, value in stats.items() if key.startswith("async/")}
+    if stats.get("staleness/rows"):
+        rows, tokens = stats["staleness/rows"], max(1, stats["staleness/tokens"])
+        metrics["agent/staleness/row_mean"] = stats["staleness/row_sum"] / rows
+        metrics["agent/staleness/row_max"] = stats["staleness/row_max"]
+        metrics["agent/staleness/token_mean"] = stats["staleness/token_sum"] / tokens
+        metrics["agent/staleness/over_bound"] = stats["staleness/over_bound"]
+    return metrics
 
 
 class AgentRollout(EpisodeRollout):
@@ -261,8 +291,13 @@ class AgentRollout(EpisodeRollout):
             prompt is looked up here to give the agent its whole row (repository, commit, tests ...). When not
             given, the rows of the trainer's own `train_dataset` and `eval_dataset` are used (indexed at the first
             call); an agent without either gets `{"prompt": prompt}`.
-        max_concurrency: Episodes running at once in this process.
+        max_concurrency: Episodes running at once in this process (those of batches started ahead included).
         timeout: Seconds one episode may take.
+        max_staleness: k >= 1 starts the episodes of the trainer's next batches while it trains on the current one,
+            so that no turn of a batch is more than k policy versions behind the weights the batch is trained with
+            (the admission rule, prediction and misses: `trl.agents.lookahead`); nothing is dropped for being
+            slow. 0 (default): each batch's episodes start when the trainer asks for it. With k >= 1 set
+            upstream's off-policy correction (`GRPOConfig.vllm_importance_sampling_correction`, see README).
         max_completion_length, progress, record_to: see `EpisodeRollout`.
     """
 
@@ -274,10 +309,13 @@ class AgentRollout(EpisodeRollout):
         dataset=None,
         max_concurrency: int = 8,
         timeout: float = 600.0,
+        max_staleness: int = 0,
         max_completion_length: int | None = None,
         progress: bool = True,
         record_to=None,
     ):
+        if not isinstance(max_staleness, int) or isinstance(max_staleness, bool) or max_staleness < 0:
+            raise ValueError(f"max_staleness must be an integer >= 0 (policy versions), not {max_staleness!r}")
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
         if timeout <= 0:
@@ -287,6 +325,14 @@ class AgentRollout(EpisodeRollout):
         self.client = client
         self.max_concurrency = max_concurrency
         self.timeout = timeout
+        self.max_staleness = max_staleness
+        self._plan: BatchPlan | None = None
+        self._ahead: collections.deque[_Started] = collections.deque()  # batches started for later calls, in order
+        self._versions_per_batch = 1
+        self._version: int | None = None  # the policy version the current batch is trained with
+        self._async_counts: Counter[str] = Counter()  # this batch's misses and discarded episodes
+        self._trainer_state = None  # the trainer's `state` (max_steps, global_step), seen at each call
+        self._training = True
         self.examples = self._index(dataset) if dataset is not None else None
         self._run_id = uuid.uuid4().hex[:8]
         self._batches = 0
@@ -294,6 +340,7 @@ class AgentRollout(EpisodeRollout):
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="agent-rollout-loop", daemon=True).start()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_concurrency, thread_name_prefix="agent")
+        self._limit = asyncio.Semaphore(max_concurrency)  # shared by every batch in flight
 
     @staticmethod
     def _index(dataset) -> dict[str, dict[str, Any]]:
@@ -316,6 +363,13 @@ class AgentRollout(EpisodeRollout):
             datasets = [d for ds in datasets for d in (ds.values() if isinstance(ds, dict) else [ds]) if d is not None]
             if datasets:
                 self.examples = {k: v for d in datasets for k, v in self._index(d).items()}
+        self._training = getattr(getattr(trainer, "model", None), "training", True)  # evaluation batches: not planned
+        if self.max_staleness and self._plan is None and self._training:
+            self._plan = BatchPlan(trainer, prompt_key)
+            self._versions_per_batch = versions_per_batch(trainer)
+            if getattr(trainer, "args", None) is not None:
+                use_engine_logprobs(trainer)  # off-policy rows: upstream's correction, when its config asks
+        self._trainer_state = getattr(trainer, "state", None)
         return super().__call__(prompts, trainer)
 
     def example_for(self, prompt: Any) -> dict[str, Any]:
@@ -329,21 +383,83 @@ class AgentRollout(EpisodeRollout):
     # -- running agents -----------------------------------------------------------------------------------------
 
     def episodes(self, prompts: list[Any], *, rank: int, step: int, show: bool) -> list[Episode]:
-        self._check_sync(step)
+        self._version = self._check_sync(step)
+        self._async_counts = Counter()
+        if self._plan is None or not self._training:  # max_staleness=0, or evaluation: this batch only, now
+            started = self._start([self.example_for(p) for p in prompts], rank, show)
+        else:
+            started = self._take_started(prompts, rank, show)
+            self._admit(rank)  # the next batches run while this one finishes and while the trainer trains
+            self._async_counts.update({"async/prediction_misses": 0, "async/episodes_discarded": 0})
+            self._async_counts["async/batches_ahead_max"] = len(self._ahead)
+            self._async_counts["async/episodes_ahead"] = sum(len(b.episodes) for b in self._ahead)
+        started.done.result()
+        return started.episodes
+
+    def _start(self, rows: list[dict[str, Any]], rank: int, show: bool) -> _Started:
         batch = f"{self._run_id}-b{self._batches}-r{rank}"
         self._batches += 1
-        episodes = [Episode(f"{batch}-{i}", self.example_for(p)) for i, p in enumerate(prompts)]
-        asyncio.run_coroutine_threadsafe(self._run_all(episodes, show=show), self._loop).result()
-        return episodes
+        episodes = [Episode(f"{batch}-{i}", row) for i, row in enumerate(rows)]
+        done = asyncio.run_coroutine_threadsafe(self._run_all(episodes, show=show), self._loop)
+        return _Started([prompt_key(row["prompt"]) for row in rows], episodes, done)
+
+    def _take_started(self, prompts: list[Any], rank: int, show: bool) -> _Started:
+        """The batch started ahead for `prompts`; on a miss (or none started), start it now and realign the plan."""
+        keys = [prompt_key(p) for p in prompts]
+        if self._ahead and self._ahead[0].keys == keys:
+            return self._ahead.popleft()
+        predicted = None if self._ahead else self._plan.next()  # the first call: nothing started yet
+        if self._ahead or (predicted is not None and self._plan.keys(predicted) != keys):
+            discarded = sum(len(b.episodes) for b in self._ahead)  # they finish and are closed, never trained on
+            logger.warning("max_staleness: the trainer asked for another batch than predicted; running it now "
+                           "(%d episode(s) started ahead are discarded)", discarded)  # fmt: skip
+            self._async_counts["async/prediction_misses"] += 1
+            self._async_counts["async/episodes_discarded"] += discarded
+            self._ahead.clear()
+            self._plan.realign(keys)
+        return self._start([self.example_for(p) for p in prompts], rank, show)
+
+    def _admit(self, rank: int) -> None:
+        """Start batches ahead up to the admission rule's `max_staleness // versions per batch` (see `lookahead`),
+        and none the trainer will not ask for (past `max_steps`)."""
+        ahead = self.max_staleness // self._versions_per_batch
+        state = self._trainer_state
+        if state is not None and getattr(state, "max_steps", 0) > 0:
+            remaining = -(-(state.max_steps - state.global_step) // self._versions_per_batch) - 1
+            ahead = min(ahead, max(0, remaining))
+        while len(self._ahead) < ahead:
+            rows = self._plan.next()
+            if rows is None:
+                break
+            self._ahead.append(self._start([self.example_for(row["prompt"]) for row in rows], rank, show=False))
+
+    def batch_stats(self, episodes: list[Episode]) -> Counter:
+        stats = Counter(self._async_counts)
+        if self._version is None:
+            return stats
+        for episode in episodes:
+            found = staleness(episode.trajectory, self._version)
+            if found is None:
+                continue
+            behind, tokens, token_sum = found
+            stats["staleness/rows"] += 1
+            stats["staleness/row_sum"] += behind
+            stats["staleness/row_max"] = max(stats["staleness/row_max"], behind)
+            stats["staleness/tokens"] += tokens
+            stats["staleness/token_sum"] += token_sum
+            stats["staleness/over_bound"] += int(behind > self.max_staleness)
+        if stats["staleness/over_bound"]:
+            logger.warning("%d episode(s) have turns more than max_staleness=%d policy versions behind (more "
+                           "syncs per batch than expected?)", stats["staleness/over_bound"], self.max_staleness)  # fmt: skip
+        return stats
 
     async def _run_all(self, episodes: list[Episode], show: bool) -> None:
         from tqdm.auto import tqdm
 
-        limit = asyncio.Semaphore(self.max_concurrency)
         with tqdm(total=len(episodes), desc="agent episodes", unit="ep", disable=not show, leave=False) as bar:
 
             async def run(episode: Episode) -> None:
-                async with limit:
+                async with self._limit:
                     await self._run_one(episode)
                 bar.update(1)
                 if episode.failure:
@@ -395,14 +511,17 @@ class AgentRollout(EpisodeRollout):
 
     # -- observability -----------------------------------------------------------------------------------------
 
-    def _check_sync(self, step: int) -> None:
+    def _check_sync(self, step: int) -> int | None:
+        """The policy version the replicas serve now (`None` if unreadable); warns when syncs stopped. Measures
+        the versions one batch moves, for the admission rule."""
         try:
             version = self.client.weight_version
         except Exception as exc:  # the gateway's error text is in the message; rollouts will fail loudly below
             logger.warning("could not read the policy version: %s", exc)
-            return
+            return None
         if self._last_version is not None:
             last_step, last_version = self._last_version
+            self._versions_per_batch = max(self._versions_per_batch, version - last_version)
             if step > last_step and version == last_version:
                 logger.warning(
                     "the trainer took %d optimizer step(s) since the last rollout but the server still serves policy "
@@ -412,8 +531,19 @@ class AgentRollout(EpisodeRollout):
                     version,
                 )
         self._last_version = (step, version)
+        return version
 
     def close(self) -> None:
-        """Stop the background event loop and threads (episodes still running are abandoned)."""
+        """Stop the background event loop and threads (episodes still running are abandoned; those of batches
+        started ahead are cancelled, counted in `totals["async/episodes_unused"]`, and their sessions closed)."""
+        for batch in self._ahead:
+            batch.done.cancel()
+            self.totals["async/episodes_unused"] += len(batch.episodes)
+            for episode in batch.episodes:
+                try:
+                    self.client.close_session(episode.session_id)
+                except Exception as exc:  # the gateway may already be gone; the count above still says it
+                    logger.warning("could not close session %s: %s", episode.session_id, exc)
+        self._ahead.clear()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._pool.shutdown(wait=False, cancel_futures=True)

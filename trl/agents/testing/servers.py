@@ -28,6 +28,7 @@ API_TOKEN = "test-token"  # the control-endpoint bearer token of the servers sta
 def serve_async(model_dir: str, logs: Path, *extra: str, replicas: int = 2) -> ServeAsyncProcess:
     """`trl vllm-serve-async` with `replicas` CPU replicas of `model_dir`, as users start it, plus `extra` flags;
     its logs (launcher, gateway, replicas) go to the folder `logs`."""
+    Path(logs).mkdir(parents=True, exist_ok=True)
     args = ["--data-parallel-size", str(replicas), "--api-token", API_TOKEN, "--log-dir", str(logs)]
     return ServeAsyncProcess(
         model_dir,
