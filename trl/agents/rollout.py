@@ -328,7 +328,8 @@ class AgentRollout(EpisodeRollout):
         self.max_staleness = max_staleness
         self._plan: BatchPlan | None = None
         self._ahead: collections.deque[_Started] = collections.deque()  # batches started for later calls, in order
-        self._versions_per_batch = 1
+        self._versions_per_batch = 1  # policy versions one batch moves (admission), measured as it runs
+        self._steps_per_batch = 1  # optimizer steps per generation batch (how many batches remain before max_steps)
         self._version: int | None = None  # the policy version the current batch is trained with
         self._async_counts: Counter[str] = Counter()  # this batch's misses and discarded episodes
         self._trainer_state = None  # the trainer's `state` (max_steps, global_step), seen at each call
@@ -366,7 +367,7 @@ class AgentRollout(EpisodeRollout):
         self._training = getattr(getattr(trainer, "model", None), "training", True)  # evaluation batches: not planned
         if self.max_staleness and self._plan is None and self._training:
             self._plan = BatchPlan(trainer, prompt_key)
-            self._versions_per_batch = versions_per_batch(trainer)
+            self._steps_per_batch = self._versions_per_batch = versions_per_batch(trainer)
             if getattr(trainer, "args", None) is not None:
                 use_engine_logprobs(trainer)  # off-policy rows: upstream's correction, when its config asks
         self._trainer_state = getattr(trainer, "state", None)
@@ -425,7 +426,7 @@ class AgentRollout(EpisodeRollout):
         ahead = self.max_staleness // self._versions_per_batch
         state = self._trainer_state
         if state is not None and getattr(state, "max_steps", 0) > 0:
-            remaining = -(-(state.max_steps - state.global_step) // self._versions_per_batch) - 1
+            remaining = -(-(state.max_steps - state.global_step) // self._steps_per_batch) - 1
             ahead = min(ahead, max(0, remaining))
         while len(self._ahead) < ahead:
             rows = self._plan.next()
