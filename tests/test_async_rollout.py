@@ -108,6 +108,10 @@ def test_one_batch_ahead_reaches_each_batch_once_within_one_version(gateway, cli
     assert steps[1]["agent/async/batches_ahead_max"] == 1
     # upstream's off-policy correction ran on the engine's logprobs
     assert trainer.use_vllm and all("sampling/importance_sampling_ratio/mean" in step for step in steps)
+    # and what it masked is logged each step from the second (the monitor starts inside the first batch's call)
+    assert all(0 <= step["agent/correction/sequence_rows"] <= 1 for step in steps[1:])
+    assert [behind for _, behind, _, _ in rollout.correction.last_rows] == rollout.last_staleness
+    assert sum(tokens for tokens, *_ in rollout.correction.last_rows) == steps[-1]["agent/tokens_sampled"]
 
 
 def test_synchronous_rollout_starts_nothing_ahead(gateway, client, tiny_model_dir, tmp_path):

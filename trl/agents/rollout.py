@@ -45,7 +45,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .correction import use_engine_logprobs
+from .correction import CorrectionMonitor, use_engine_logprobs
 from .lookahead import BatchPlan, staleness, versions_per_batch
 from .masking import RolloutRow
 from .trajectory import Trajectory
@@ -327,6 +327,8 @@ class AgentRollout(EpisodeRollout):
         self.timeout = timeout
         self.max_staleness = max_staleness
         self._plan: BatchPlan | None = None
+        self.correction: CorrectionMonitor | None = None  # with max_staleness >= 1 and the correction on
+        self.last_staleness: list[int | None] = []  # versions behind of the last batch's rows, in order
         self._ahead: collections.deque[_Started] = collections.deque()  # batches started for later calls, in order
         self._versions_per_batch = 1  # policy versions one batch moves (admission), measured as it runs
         self._steps_per_batch = 1  # optimizer steps per generation batch (how many batches remain before max_steps)
@@ -369,7 +371,8 @@ class AgentRollout(EpisodeRollout):
             self._plan = BatchPlan(trainer, prompt_key)
             self._steps_per_batch = self._versions_per_batch = versions_per_batch(trainer)
             if getattr(trainer, "args", None) is not None:
-                use_engine_logprobs(trainer)  # off-policy rows: upstream's correction, when its config asks
+                # off-policy rows: upstream's correction, when its config asks, and what it masks or clips
+                self.correction = use_engine_logprobs(trainer, row_staleness=lambda: self.last_staleness)
         self._trainer_state = getattr(trainer, "state", None)
         return super().__call__(prompts, trainer)
 
@@ -436,12 +439,14 @@ class AgentRollout(EpisodeRollout):
 
     def batch_stats(self, episodes: list[Episode]) -> Counter:
         stats = Counter(self._async_counts)
+        self.last_staleness = [None] * len(episodes)
         if self._version is None:
             return stats
-        for episode in episodes:
+        for i, episode in enumerate(episodes):
             found = staleness(episode.trajectory, self._version)
             if found is None:
                 continue
+            self.last_staleness[i] = found[0]
             behind, tokens, token_sum = found
             stats["staleness/rows"] += 1
             stats["staleness/row_sum"] += behind
