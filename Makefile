@@ -59,3 +59,4 @@ bench: install
 	$(PY) benchmarks/bench_weight_sync.py
 	$(PY) benchmarks/bench_collator.py
 	$(PY) benchmarks/bench_async.py
+	$(PY) benchmarks/bench_gateway_cpu.py

@@ -320,9 +320,25 @@ def test_control_endpoints_need_the_token(gateway):
     assert httpx.get(f"{gateway.url}/sessions/sticky/trajectory", headers=AUTH, timeout=30).status_code == 200
 
 
-def test_delete_forgets_a_session(gateway):
+def test_a_deleted_session_stays_closed(gateway, tiny_model_dir):
+    """An agent that outlives its episode (the trainer read and deleted its session) gets a 410 naming the session,
+    not a fresh session nobody reads; the gateway serves other sessions as before."""
     assert httpx.delete(f"{gateway.url}/sessions/sticky", headers=AUTH, timeout=30).status_code == 200
-    assert httpx.get(f"{gateway.url}/sessions/sticky/trajectory", headers=AUTH, timeout=30).status_code == 404
+    late = session_client(gateway, "sticky")
+    with pytest.raises(openai.APIStatusError) as refused:
+        late.chat.completions.create(model=tiny_model_dir, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert refused.value.status_code == 410 and "'sticky' is closed" in refused.value.message
+    for method in ("GET", "DELETE"):
+        path = "/sessions/sticky/trajectory" if method == "GET" else "/sessions/sticky"
+        response = httpx.request(method, f"{gateway.url}{path}", headers=AUTH, timeout=30)
+        assert response.status_code == 410 and response.json()["error"]["type"] == "SessionClosedError"
+    assert "sticky" not in {
+        s["session_id"] for s in httpx.get(f"{gateway.url}/sessions", headers=AUTH).json()["sessions"]
+    }
+    fresh = session_client(gateway, "sticky-2").chat.completions.create(
+        model=tiny_model_dir, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    assert fresh.choices[0].message is not None
 
 
 def test_metrics_count_turns_tokens_and_replicas(gateway):

@@ -4,8 +4,10 @@ an episode goes on recording after the restart as if nothing happened."""
 from __future__ import annotations
 
 import openai
+import pytest
 
 from trl.agents import ServerClient
+from trl.agents.client import ServerError
 from trl.agents.testing.servers import API_TOKEN, serve_async
 
 
@@ -34,6 +36,9 @@ def test_trajectories_survive_a_restart(tiny_model_dir, tmp_path):
             assert after == {sid: before[sid] for sid in after}  # token for token, turns and versions included
             listed = {s["session_id"] for s in client.sessions()}
             assert listed == {"ep-0", "ep-1", "ep-2"}
+            with pytest.raises(ServerError) as closed:  # a late call of the deleted episode is refused, not recorded
+                client.trajectory("ep-3")
+            assert closed.value.status == 410
             messages = conversations["ep-0"]
             messages.append(turn(server, "ep-0", messages, tiny_model_dir))  # the episode goes on
             grown = client.trajectory("ep-0")

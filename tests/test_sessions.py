@@ -6,8 +6,9 @@ import pytest
 
 from trl.agents.journal import JournalError
 from trl.agents.masking import MaskedTokens
+from trl.agents.server import sessions
 from trl.agents.server.routing import ReplicaHandle, Router
-from trl.agents.server.sessions import Session, SessionStore, canonical_message, new_messages
+from trl.agents.server.sessions import Session, SessionClosed, SessionStore, canonical_message, new_messages
 from trl.agents.trajectory import TurnRecord
 
 
@@ -93,7 +94,26 @@ def test_journal_reloads_every_session_exactly(tmp_path):
     record_turn(reloaded, reloaded.get("ep-b"), [3], [4], 3)  # recording goes on after a restart
     assert SessionStore(tmp_path).get("ep-b").trajectory() == reloaded.get("ep-b").trajectory()
     reloaded.delete("ep-a")
-    assert not (tmp_path / "ep-a.jsonl").exists() and SessionStore(tmp_path).get("ep-a") is None
+    assert not (tmp_path / "ep-a.jsonl").exists()
+    with pytest.raises(SessionClosed, match="'ep-a' is closed"):  # and it stays closed after a restart
+        SessionStore(tmp_path).get("ep-a")
+
+
+def test_a_deleted_session_stays_closed_and_the_memory_of_it_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(sessions, "CLOSED_KEPT", 3)
+    store = SessionStore(tmp_path)
+    for i in range(5):
+        store.create(f"ep-{i}", "replica-0")
+        store.delete(f"ep-{i}")
+    for call in (store.get, store.delete, lambda sid: store.create(sid, "replica-0")):
+        with pytest.raises(SessionClosed, match="a new episode needs a new session id"):
+            call("ep-4")
+    assert store.get("ep-0") is None and store.delete("never-opened") is None  # forgotten: the 3 newest are kept
+    reloaded = SessionStore(tmp_path)  # the journal folder's closed.txt, compacted to the same 3
+    assert (tmp_path / "closed.txt").read_text().split() == ["ep-2", "ep-3", "ep-4"]
+    with pytest.raises(SessionClosed):
+        reloaded.create("ep-2", "replica-0")
+    assert reloaded.create("ep-1", "replica-0").session_id == "ep-1"
 
 
 def test_journal_skips_a_torn_last_line_and_refuses_damage_elsewhere(tmp_path):

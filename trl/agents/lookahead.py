@@ -36,13 +36,19 @@ from .trajectory import Trajectory
 logger = logging.getLogger("trl.agents.rollout")
 
 
-def versions_per_batch(trainer) -> int:
-    """Policy versions one generation batch moves: optimizer steps per batch, assuming a sync after every step."""
+def generation_period(trainer) -> int:
+    """Dataloader batches per generation batch: the trainer generates on one, then reuses it
+    `steps_per_generation x num_iterations` times."""
     args = getattr(trainer, "args", None)
     steps = getattr(args, "steps_per_generation", 1) or 1
     iterations = getattr(trainer, "num_iterations", getattr(args, "num_iterations", 1)) or 1
-    accumulation = getattr(args, "gradient_accumulation_steps", 1) or 1
-    return max(1, -(-steps * iterations // accumulation))
+    return max(1, steps * iterations)
+
+
+def versions_per_batch(trainer) -> int:
+    """Policy versions one generation batch moves: optimizer steps per batch, assuming a sync after every step."""
+    accumulation = getattr(getattr(trainer, "args", None), "gradient_accumulation_steps", 1) or 1
+    return max(1, -(-generation_period(trainer) // accumulation))
 
 
 class BatchPlan:
@@ -52,8 +58,7 @@ class BatchPlan:
         self._trainer = trainer
         self._key = key  # prompt -> hashable key
         self._max_scan = max_scan
-        args = trainer.args
-        self._every = max(1, args.steps_per_generation * getattr(trainer, "num_iterations", args.num_iterations))
+        self._every = generation_period(trainer)
         self._batches = self._generation_batches()
         self.enabled = True
 

@@ -5,6 +5,7 @@ Code anywhere below the routes raises; nothing returns an error response itself.
 * `GatewayError` and its subclasses (`TurnError`, `SyncError`, `Unauthorized` and `ServiceUnavailable` below): a
   request the gateway refuses itself: OpenAI-style JSON (`protocol.error_response`) with the exception's status and
   message; the `type` is the one `ERROR_TYPES` gives its class (`None`: the default for the status).
+* `SessionClosed`: 410 `SessionClosedError` naming the session (an agent calling after its episode ended).
 * `NoReplicaAvailable`, `ReplicaUnreachable`: 503 `ServiceUnavailableError` with the exception's message.
 * `UpstreamError`: vLLM's own answer, passed on unchanged (its status and its JSON body).
 * FastAPI's and Starlette's own errors (no such route, wrong method, invalid parameters): OpenAI-style JSON too.
@@ -26,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .recording import TurnError
 from .routing import NoReplicaAvailable
+from .sessions import SessionClosed
 from .upstream import GatewayError, ReplicaUnreachable, UpstreamError
 from .weight_sync import SyncError
 
@@ -77,6 +79,10 @@ async def _unavailable(request: Request, exc: NoReplicaAvailable | ReplicaUnreac
     return _gateway(request).fail(503, str(exc), "ServiceUnavailableError")
 
 
+async def _closed(request: Request, exc: SessionClosed) -> JSONResponse:
+    return _gateway(request).fail(410, str(exc), "SessionClosedError")
+
+
 async def _upstream(request: Request, exc: UpstreamError) -> JSONResponse:
     _gateway(request).errors[exc.status] += 1
     return JSONResponse(exc.payload, status_code=exc.status)
@@ -101,6 +107,7 @@ def register_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(exc_class, _refusal(type_))
     app.add_exception_handler(NoReplicaAvailable, _unavailable)
     app.add_exception_handler(ReplicaUnreachable, _unavailable)
+    app.add_exception_handler(SessionClosed, _closed)
     app.add_exception_handler(UpstreamError, _upstream)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)

@@ -12,7 +12,11 @@ written by that module only.
 
 With a journal folder, every session is also an append-only JSONL file there (one line when it is created, one
 line per recorded turn with what the turn appended; the format is `journal.py`'s), so a restarted gateway reloads
-every trajectory it had recorded; deleting a session removes its file. A last line cut short by a crash is skipped
+every trajectory it had recorded; deleting a session removes its file.
+
+A deleted session stays closed: its id is remembered (the last `CLOSED_KEPT` ids; with a journal folder also in its
+`closed.txt`, so across restarts), so an agent that outlives its episode and calls again is refused (`SessionClosed`, 410) instead of silently
+opening a fresh session that nobody reads and that holds memory. A last line cut short by a crash is skipped
 (and counted in `SessionStore.torn_lines`); a damaged line anywhere else is an error naming the file.
 
 Not here: HTTP, rendering or generation (see `gateway.py`), the trajectory's and the journal's formats
@@ -22,6 +26,7 @@ Not here: HTTP, rendering or generation (see `gateway.py`), the trajectory's and
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import re
@@ -36,6 +41,18 @@ from ..trajectory import SegmentRecord, Trajectory
 
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+CLOSED_KEPT = 200_000  # deleted session ids remembered (~100 bytes each)
+
+
+class SessionClosed(Exception):
+    """A request for a session the trainer already deleted (its episode is over)."""
+
+    def __init__(self, session_id: str):
+        super().__init__(
+            f"session {session_id[:200]!r} is closed: its episode ended (the trainer read and deleted it, e.g. after "
+            "the episode's deadline) and it takes no more turns; a new episode needs a new session id"
+        )
+        self.session_id = session_id
 
 
 @dataclass
@@ -135,10 +152,12 @@ class SessionStore:
     def __init__(self, journal_dir: str | os.PathLike | None = None):
         self._sessions: dict[str, Session] = {}
         self._written: dict[str, list[tuple[int, int, int]]] = {}  # per segment: tokens, messages, turns journaled
+        self._closed: collections.OrderedDict[str, None] = collections.OrderedDict()  # deleted ids, oldest first
         self.journal_dir = Path(journal_dir) if journal_dir is not None else None
         self.torn_lines = 0
         if self.journal_dir is not None:
             self.journal_dir.mkdir(parents=True, exist_ok=True)
+            self._load_closed()
             for recorded in journal.read_folder(self.journal_dir):
                 self.torn_lines += int(recorded.torn)
                 self._adopt(Session.from_journal(recorded))
@@ -150,20 +169,44 @@ class SessionStore:
         return iter(list(self._sessions.values()))
 
     def get(self, session_id: str) -> Session | None:
-        return self._sessions.get(session_id)
+        """The open session `session_id`, or `None` if there is none (`SessionClosed` if it was deleted)."""
+        session = self._sessions.get(session_id)
+        if session is None and session_id in self._closed:
+            raise SessionClosed(session_id)
+        return session
 
     def create(self, session_id: str, replica: str) -> Session:
+        if session_id in self._closed:
+            raise SessionClosed(session_id)
         session = self._sessions[session_id] = Session(session_id, replica)
         self._written[session_id] = []
         self._append(session_id, journal.session_line(session_id, replica, session.created))
         return session
 
     def delete(self, session_id: str) -> Session | None:
-        session = self._sessions.pop(session_id, None)
+        """Remove and close `session_id` (`None` if it was not open; `SessionClosed` if already deleted)."""
+        session = self.get(session_id)
+        if session is None:
+            return None
+        del self._sessions[session_id]
         self._written.pop(session_id, None)
-        if session is not None and self.journal_dir is not None:
+        self._closed[session_id] = None
+        if len(self._closed) > CLOSED_KEPT:
+            self._closed.popitem(last=False)
+        if self.journal_dir is not None:
+            with open(self.journal_dir / "closed.txt", "a") as closed:  # before the file goes: closed either way
+                closed.write(session_id + "\n")
             self._path(session_id).unlink(missing_ok=True)
         return session
+
+    def _load_closed(self) -> None:
+        path = self.journal_dir / "closed.txt"
+        if not path.exists():
+            return
+        ids = [sid for sid in path.read_text().split("\n") if SESSION_ID.match(sid)]
+        self._closed.update(dict.fromkeys(ids[-CLOSED_KEPT:]))
+        if len(ids) > CLOSED_KEPT:  # keep the file as bounded as the memory
+            path.write_text("".join(sid + "\n" for sid in self._closed))
 
     def save(self, session: Session) -> None:
         """Journal what `session` recorded since the last call (call it after each turn, under the session lock)."""
