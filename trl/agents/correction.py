@@ -22,6 +22,8 @@ import logging
 import math
 from collections.abc import Callable
 
+from .metrics import log_metrics
+
 
 logger = logging.getLogger("trl.agents.rollout")
 
@@ -120,8 +122,8 @@ class CorrectionMonitor:
             return
         mask = output["completion_mask"] * output.get("tool_mask", 1)
         diff = torch.nan_to_num((trained - engine) * mask, nan=0.0)  # as upstream: unscored tokens count as ratio 1
-        tokens = mask.sum(dim=1)
-        sequence_out = self._outside(diff.sum(dim=1)) & (tokens > 0)
+        tokens, sequence_log_ratio = mask.sum(dim=1), diff.sum(dim=1)
+        sequence_out = self._outside(sequence_log_ratio) & (tokens > 0)
         token_out = self._outside(diff) & mask.bool()
         behind = list(self.row_staleness()) if self.row_staleness is not None else []
         if len(behind) != len(tokens):
@@ -132,7 +134,7 @@ class CorrectionMonitor:
             token_out.any(dim=1).sum(), (stale & (tokens > 0)).sum(), (stale & sequence_out).sum(),
         ]).double()  # fmt: skip
         self.last_rows = [(int(n), b, float(s), int(o)) for n, b, s, o in
-                          zip(tokens, behind, diff.sum(dim=1), token_out.sum(dim=1), strict=True)]  # fmt: skip
+                          zip(tokens, behind, sequence_log_ratio, token_out.sum(dim=1), strict=True)]  # fmt: skip
         accelerator = getattr(self.trainer, "accelerator", None)
         if accelerator is not None and accelerator.num_processes > 1:
             counts = accelerator.gather(counts.to(accelerator.device)).view(-1, len(self.KEYS)).sum(dim=0)
@@ -150,8 +152,5 @@ class CorrectionMonitor:
         metrics["agent/correction/active_tokens"] = metrics[f"agent/correction/{level}_tokens"]
         if c["stale_rows"]:
             metrics["agent/correction/stale_sequence_rows"] = c["stale_sequence_rows"] / c["stale_rows"]
-        store = getattr(self.trainer, "_metrics", None)
-        if store is not None:
-            for key, value in metrics.items():
-                store["train"][key].append(value)
+        log_metrics(self.trainer, metrics)
         self.last_metrics = metrics

@@ -8,6 +8,9 @@ canonical messages the gateway compares requests against, not on the wire) and `
 a torn last line (`JournalFile.torn`, logged) and raises `JournalError` naming the file and line for a damaged line
 anywhere else.
 
+Beside the session files, `closed.txt` lists the ids of deleted sessions, one per line (`append_closed`,
+`read_closed`), so a closed session stays closed across restarts.
+
 Not here: which sessions exist and what each turn records (`server/sessions.py`), the trajectory's fields
 (`trajectory.py`). Imports nothing from `trl.agents.server`.
 """
@@ -26,6 +29,7 @@ from .trajectory import SegmentRecord, Trajectory, TurnRecord
 
 
 logger = logging.getLogger("trl.agents.journal")
+CLOSED = "closed.txt"  # ids of deleted sessions, beside the session files
 
 
 class JournalError(RuntimeError):
@@ -62,10 +66,30 @@ def segment_line(
 
 def append(path: str | os.PathLike, line: dict[str, Any]) -> None:
     """Append `line` to the journal at `path` (created, owner-only, if missing) with one `write`."""
-    data = (json.dumps(line, separators=(",", ":")) + "\n").encode()
+    _write_line(path, json.dumps(line, separators=(",", ":")))
+
+
+def append_closed(folder: str | os.PathLike, session_id: str) -> None:
+    """Record in `folder` that session `session_id` was deleted."""
+    _write_line(Path(folder) / CLOSED, session_id)
+
+
+def read_closed(folder: str | os.PathLike, keep: int) -> list[str]:
+    """The last `keep` session ids recorded as deleted in `folder`, oldest first (the file is cut to them)."""
+    path = Path(folder) / CLOSED
+    if not path.exists():
+        return []
+    ids = [sid for sid in path.read_text().split("\n") if sid]
+    if len(ids) > keep:
+        ids = ids[-keep:]
+        path.write_text("".join(sid + "\n" for sid in ids))
+    return ids
+
+
+def _write_line(path: str | os.PathLike, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, data)  # one write per line: a crash leaves at most the last line torn
+        os.write(fd, (text + "\n").encode())  # one write per line: a crash leaves at most the last line torn
     finally:
         os.close(fd)
 

@@ -48,6 +48,7 @@ from typing import Any, Protocol
 from .correction import CorrectionMonitor, use_engine_logprobs
 from .lookahead import BatchPlan, staleness, versions_per_batch
 from .masking import RolloutRow
+from .metrics import log_metrics
 from .trajectory import Trajectory
 
 
@@ -262,11 +263,7 @@ class EpisodeRollout:
         metrics.update(_staleness_metrics(stats))
         metrics.update({f"agent/{k}": v for k, v in stats.items() if k.startswith("tool_calls/")})
         self.last_metrics = metrics
-        store = getattr(trainer, "_metrics", None)  # GRPOTrainer averages these into each log line
-        if store is not None:
-            mode = "train" if getattr(getattr(trainer, "model", None), "training", True) else "eval"
-            for key, value in metrics.items():
-                store[mode][key].append(float(value))
+        log_metrics(trainer, metrics)
 
 
 def _staleness_metrics(stats: Counter) -> dict[str, float]:

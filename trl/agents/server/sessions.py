@@ -14,9 +14,9 @@ With a journal folder, every session is also an append-only JSONL file there (on
 line per recorded turn with what the turn appended; the format is `journal.py`'s), so a restarted gateway reloads
 every trajectory it had recorded; deleting a session removes its file.
 
-A deleted session stays closed: its id is remembered (the last `CLOSED_KEPT` ids; with a journal folder also in its
-`closed.txt`, so across restarts), so an agent that outlives its episode and calls again is refused (`SessionClosed`, 410) instead of silently
-opening a fresh session that nobody reads and that holds memory. A last line cut short by a crash is skipped
+A deleted session stays closed: its id is remembered (the last `CLOSED_KEPT` ids; with a journal folder also there,
+so across restarts), so an agent that outlives its episode and calls again is refused (`SessionClosed`, 410)
+instead of silently opening a fresh session that nobody reads and that holds memory. A last line cut short by a crash is skipped
 (and counted in `SessionStore.torn_lines`); a damaged line anywhere else is an error naming the file.
 
 Not here: HTTP, rendering or generation (see `gateway.py`), the trajectory's and the journal's formats
@@ -157,7 +157,7 @@ class SessionStore:
         self.torn_lines = 0
         if self.journal_dir is not None:
             self.journal_dir.mkdir(parents=True, exist_ok=True)
-            self._load_closed()
+            self._closed.update(dict.fromkeys(journal.read_closed(self.journal_dir, CLOSED_KEPT)))
             for recorded in journal.read_folder(self.journal_dir):
                 self.torn_lines += int(recorded.torn)
                 self._adopt(Session.from_journal(recorded))
@@ -194,19 +194,9 @@ class SessionStore:
         if len(self._closed) > CLOSED_KEPT:
             self._closed.popitem(last=False)
         if self.journal_dir is not None:
-            with open(self.journal_dir / "closed.txt", "a") as closed:  # before the file goes: closed either way
-                closed.write(session_id + "\n")
+            journal.append_closed(self.journal_dir, session_id)  # before the file goes: closed either way
             self._path(session_id).unlink(missing_ok=True)
         return session
-
-    def _load_closed(self) -> None:
-        path = self.journal_dir / "closed.txt"
-        if not path.exists():
-            return
-        ids = [sid for sid in path.read_text().split("\n") if SESSION_ID.match(sid)]
-        self._closed.update(dict.fromkeys(ids[-CLOSED_KEPT:]))
-        if len(ids) > CLOSED_KEPT:  # keep the file as bounded as the memory
-            path.write_text("".join(sid + "\n" for sid in self._closed))
 
     def save(self, session: Session) -> None:
         """Journal what `session` recorded since the last call (call it after each turn, under the session lock)."""
