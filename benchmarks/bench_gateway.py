@@ -15,6 +15,9 @@ replicas; each path's throughput is its output tokens over its own wall time. Bo
 engine, batch and machine noise, which on a 2-core machine swings separate runs by +-30%. The alternating separate
 runs are printed as well.
 
+Streaming (`stream: true`, the same load and pairing as the headline: half the sessions straight to the replicas,
+half through the gateway, at the same time): output tokens/s of each path and the median time to first token.
+
 Two direct baselines: `direct+ids` asks for what a trainer needs from each turn (`return_token_ids`, `logprobs`),
 which is what the gateway records and the like-for-like comparison (the headline ratio); `direct` asks for text
 only, which is cheaper for the engine (about 30% on this tiny model, where per-token logprob bookkeeping is a large
@@ -43,22 +46,39 @@ SERVE_ARGS = ["--data-parallel-size", "2", "--dtype", "float32", "--max-model-le
 
 
 async def run_load(
-    urls: list[str], model: str, sessions: int, turns: int, max_tokens: int, extra: dict, offset: int = 0
+    urls: list[str],
+    model: str,
+    sessions: int,
+    turns: int,
+    max_tokens: int,
+    extra: dict,
+    offset: int = 0,
+    ttfts: list[float] | None = None,
 ) -> float:
-    """Run the load; return output tokens per second."""
+    """Run the load; return output tokens per second. With `ttfts` given, every turn streams (`stream: true`) and
+    its time to the first chunk that carries a token is appended there."""
 
     async def episode(client: aiohttp.ClientSession, url: str, i: int) -> int:
         messages = [{"role": "user", "content": f"Session {i}: fix the failing test in src/app.py."}]
         produced = 0
         for t in range(turns):
             body = {"model": model, "messages": messages, "max_tokens": max_tokens, "ignore_eos": True, **extra}
+            if ttfts is not None:
+                body.update(stream=True, stream_options={"include_usage": True})
+            started = time.perf_counter()
             async with client.post(url, json=body, timeout=aiohttp.ClientTimeout(total=600)) as response:
                 if response.status != 200:
                     raise RuntimeError(f"{url} answered {response.status}: {await response.text()}")
-                answer = await response.json()
-            produced += answer["usage"]["completion_tokens"]
-            content = answer["choices"][0]["message"]["content"] or ""
-            messages += [{"role": "assistant", "content": content}, {"role": "user", "content": f"turn {t} done"}]
+                if ttfts is None:
+                    answer = await response.json()
+                    tokens, content = answer["usage"]["completion_tokens"], answer["choices"][0]["message"]["content"]
+                else:
+                    tokens, content = await read_stream(response, started, ttfts)
+            produced += tokens
+            messages += [
+                {"role": "assistant", "content": content or ""},
+                {"role": "user", "content": f"turn {t} done"},
+            ]
         return produced
 
     # aiohttp, not httpx: the load generator shares the 2 cores and must cost little CPU itself.
@@ -67,6 +87,23 @@ async def run_load(
         ids = range(offset, offset + sessions)
         counts = await asyncio.gather(*(episode(client, urls[i % len(urls)].format(i=i), i) for i in ids))
         return sum(counts) / (time.perf_counter() - start)
+
+
+async def read_stream(response: aiohttp.ClientResponse, started: float, ttfts: list[float]) -> tuple[int, str]:
+    """Read an OpenAI chat stream: (completion tokens from its usage chunk, the content); its time to first token
+    (the first chunk with a choice: both vLLM and the gateway send their first one with the first token)."""
+    content, tokens, first = [], 0, None
+    async for line in response.content:
+        if not line.startswith(b"data:") or line.strip() == b"data: [DONE]":
+            continue
+        chunk = json.loads(line[5:])
+        if chunk.get("choices"):
+            first = first or time.perf_counter() - started
+            content.append(chunk["choices"][0]["delta"].get("content") or "")
+        if chunk.get("usage"):
+            tokens = chunk["usage"]["completion_tokens"]
+    ttfts.append(first)
+    return tokens, "".join(content)
 
 
 def main() -> None:
@@ -122,7 +159,28 @@ def main() -> None:
                 rate = asyncio.run(run_load(urls, model, args.sessions, args.turns, args.max_tokens, extra))
                 rates[mode].append(rate)
                 print(f"round {r} {mode:10s} {rate:8.1f} output tokens/s", file=sys.stderr, flush=True)
+        streamed: list[tuple[float, float]] = []
+        ttft: dict[str, list[float]] = {"direct+ids": [], "gateway": []}
+
+        async def both_streaming(r: int) -> tuple[float, float]:
+            half = args.sessions // 2
+            urls = [gateway_url[0].replace("{round}", f"stream{r}")]
+            ids = {"return_token_ids": True, "logprobs": True}
+            return await asyncio.gather(
+                run_load(direct_urls, model, half, args.turns, args.max_tokens, ids, ttfts=ttft["direct+ids"]),
+                run_load(urls, model, half, args.turns, args.max_tokens, {}, offset=half, ttfts=ttft["gateway"]),
+            )
+
+        for r in range(args.rounds):
+            direct_rate, gateway_rate = asyncio.run(both_streaming(r))
+            streamed.append((direct_rate, gateway_rate))
+            print(f"round {r} streaming  direct+ids {direct_rate:7.1f}  gateway {gateway_rate:7.1f}  "
+                  f"ratio {gateway_rate / direct_rate:.3f}", file=sys.stderr, flush=True)  # fmt: skip
     result = {"sessions": args.sessions, "turns": args.turns, "max_tokens": args.max_tokens}
+    result["streaming_ratios"] = [g / d for d, g in streamed]
+    result["streaming_ratio"] = statistics.median(result["streaming_ratios"])
+    result["ttft_ms"] = {mode: 1000 * statistics.median(values) for mode, values in ttft.items()}
+    result["ttft_ratio"] = result["ttft_ms"]["gateway"] / result["ttft_ms"]["direct+ids"]
     result.update({f"{mode}_tokens_per_s": statistics.median(values) for mode, values in rates.items()})
     # every ratio is paired per round (runs of the same round are adjacent: slow drift cancels), then the median
     result["mixed_ratios"] = [g / d for d, g in mixed]
@@ -147,6 +205,12 @@ def main() -> None:
         f"| gateway vs direct, same run | {args.sessions // 2} + {args.sessions // 2} sessions x {load} | "
         f"{statistics.median(d for d, _ in mixed):.0f} | {statistics.median(g for _, g in mixed):.0f} | "
         f"{result['mixed_ratio']:.3f} |"
+    )
+    print(
+        f"| streaming, same run (time to first token: direct+ids {result['ttft_ms']['direct+ids']:.0f} ms, gateway "
+        f"{result['ttft_ms']['gateway']:.0f} ms, ratio {result['ttft_ratio']:.2f}) | {args.sessions // 2} + "
+        f"{args.sessions // 2} sessions x {load} | {statistics.median(d for d, _ in streamed):.0f} | "
+        f"{statistics.median(g for _, g in streamed):.0f} | {result['streaming_ratio']:.3f} |"
     )
     print(
         f"| (direct, text only: no token ids or logprobs) | {args.sessions} sessions x {load} | "

@@ -117,6 +117,20 @@ BAD_INPUT = [
      {"model": "M", "messages": [{"role": "user", "content": "word " * 20000}]}),
     ("a 70 MB body", "POST", "/sessions/bad/v1/chat/completions", b"x" * (70 * 1024 * 1024)),
     ("a wrong weight-sync body", "POST", "/weights/update", {"names": 5}),
+    ("streamed chat, unknown model", "POST", "/sessions/bad/v1/chat/completions",
+     {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}], "stream": True}),
+    ("Messages: invalid JSON", "POST", "/sessions/bad/v1/messages", b"{not json"),
+    ("Messages: no max_tokens", "POST", "/sessions/bad/v1/messages",
+     {"model": "M", "messages": [{"role": "user", "content": "x"}]}),
+    ("Messages: unknown content block", "POST", "/sessions/bad/v1/messages",
+     {"model": "M", "max_tokens": 4, "messages": [{"role": "user", "content": [{"type": "video"}]}]}),
+    ("Messages: streamed, a prompt longer than the context", "POST", "/sessions/bad/v1/messages",
+     {"model": "M", "max_tokens": 4, "stream": True, "messages": [{"role": "user", "content": "word " * 20000}]}),
+    ("Responses: unknown previous_response_id", "POST", "/sessions/bad/v1/responses",
+     {"model": "M", "input": "x", "previous_response_id": "resp_nope"}),
+    ("Responses: a hosted tool", "POST", "/sessions/bad/v1/responses",
+     {"model": "M", "input": "x", "tools": [{"type": "web_search"}]}),
+    ("Responses: input of the wrong type", "POST", "/sessions/bad/v1/responses", {"model": "M", "input": 5}),
 ]  # fmt: skip
 
 

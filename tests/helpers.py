@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import httpx
+
 
 TOOLS = [
     {
@@ -19,12 +21,19 @@ TOOLS = [
         },
     }
 ]
-# The random model cannot reason or call tools by itself: a structured-output regex makes it produce this turn.
+# The tiny model's ids of its markup tokens (its build is byte-identical; `tests/test_tiny_model.py` checks them).
+MARKUP_IDS = {"<think>": 3070, "</think>": 3071, "<tool_call>": 3066, "</tool_call>": 3067}
+# The random model cannot reason or call tools by itself: a structured-output regex makes it produce this turn. The
+# regex also admits the markup spelled out in plain characters ("<", "think", ">"), which vLLM's streaming parsers
+# (token-id based) do not take for markup: the bias makes the engine pick the markup tokens wherever they fit.
 FORCED_TURN = (
     '<think>\nList the files first.\n</think>\n\n<tool_call>\n{"name": "shell", "arguments": {"command": "ls", "all": true}}'
     "\n</tool_call>"
 )
-FORCE = {"structured_outputs": {"regex": re.escape(FORCED_TURN)}}
+FORCE = {
+    "structured_outputs": {"regex": re.escape(FORCED_TURN)},
+    "logit_bias": {str(i): 100 for i in MARKUP_IDS.values()},
+}
 
 
 def trainer_logprobs(model, token_ids: list[int], start: int):
@@ -36,3 +45,24 @@ def trainer_logprobs(model, token_ids: list[int], start: int):
         logits = model(torch.tensor([token_ids])).logits[0, start - 1 : len(token_ids) - 1].float()
     logprobs = torch.log_softmax(logits, dim=-1)
     return logprobs.gather(1, torch.tensor(token_ids[start:])[:, None])[:, 0], logprobs.max(-1).values
+
+
+AUTH = {"Authorization": "Bearer test-token"}  # the gateway fixture's token (tests/conftest.py)
+
+
+def trajectory(gateway, sid: str) -> dict:
+    response = httpx.get(f"{gateway.url}/sessions/{sid}/trajectory", headers=AUTH, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def sampled_runs(segment: dict) -> list[list[int]]:
+    """Token ids of each maximal run of mask == 1 (one run per turn)."""
+    runs, current = [], []
+    for token, m in zip(segment["token_ids"], segment["mask"], strict=True):
+        if m:
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    return runs + ([current] if current else [])

@@ -14,7 +14,7 @@ import litellm
 import openai
 import pytest
 
-from tests.helpers import FORCE, TOOLS
+from tests.helpers import AUTH, FORCE, TOOLS, sampled_runs, trajectory
 from trl.agents.server.recording import cut_at_stop_string
 
 
@@ -27,27 +27,6 @@ def no_markup(tokenizer):
 
 def session_client(gateway, sid: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gateway.url}/sessions/{sid}/v1", api_key="unused", timeout=120, max_retries=0)
-
-
-AUTH = {"Authorization": "Bearer test-token"}  # the gateway fixture's token (tests/conftest.py)
-
-
-def trajectory(gateway, sid: str) -> dict:
-    response = httpx.get(f"{gateway.url}/sessions/{sid}/trajectory", headers=AUTH, timeout=30)
-    response.raise_for_status()
-    return response.json()
-
-
-def sampled_runs(segment: dict) -> list[list[int]]:
-    """Token ids of each maximal run of mask == 1 (one run per turn)."""
-    runs, current = [], []
-    for token, m in zip(segment["token_ids"], segment["mask"], strict=True):
-        if m:
-            current.append(token)
-        elif current:
-            runs.append(current)
-            current = []
-    return runs + ([current] if current else [])
 
 
 def test_openai_chat_with_tools_streaming_and_not(gateway, tiny_model_dir):
@@ -73,13 +52,76 @@ def test_openai_chat_with_tools_streaming_and_not(gateway, tiny_model_dir):
     )
     chunks = list(stream)
     arguments = "".join(
-        c.choices[0].delta.tool_calls[0].function.arguments
+        c.choices[0].delta.tool_calls[0].function.arguments or ""
         for c in chunks
         if c.choices and c.choices[0].delta.tool_calls
     )
     assert json.loads(arguments) == {"command": "ls", "all": True}
     assert chunks[-1].usage.completion_tokens > 0
     assert trajectory(gateway, "openai-tools")["forks"] == 0
+
+
+def test_a_streamed_turn_leaves_as_it_is_sampled_and_is_recorded_exactly(
+    gateway, tiny_model_dir, tokenizer, no_markup
+):
+    client = session_client(gateway, "live-stream")
+    messages = [{"role": "user", "content": "Tell me a long story."}]
+    extra = {"logit_bias": no_markup, "ignore_eos": True, "return_token_ids": True,
+             "chat_template_kwargs": {"enable_thinking": False}}  # fmt: skip
+    started = time.monotonic()
+    arrivals, content, token_ids = [], [], []
+    stream = client.chat.completions.create(
+        model=tiny_model_dir, messages=messages, max_tokens=300, stream=True, extra_body=extra
+    )
+    for chunk in stream:
+        if chunk.choices:
+            arrivals.append(time.monotonic() - started)
+            content.append(chunk.choices[0].delta.content or "")
+            token_ids += chunk.choices[0].model_extra.get("token_ids") or []
+    assert len(arrivals) >= 5, arrivals  # deltas, not one chunk at the end
+    assert arrivals[0] < 0.5 * arrivals[-1], arrivals  # the first left long before the last was sampled
+    (segment,) = trajectory(gateway, "live-stream")["segments"]
+    (run,) = sampled_runs(segment)
+    assert token_ids == run and len(run) == 300
+    assert "".join(content) == tokenizer.decode(run, skip_special_tokens=True)
+    messages += [{"role": "assistant", "content": "".join(content)}, {"role": "user", "content": "Shorter."}]
+    client.chat.completions.create(model=tiny_model_dir, messages=messages, max_tokens=4)
+    assert trajectory(gateway, "live-stream")["forks"] == 0
+
+
+def test_a_client_that_leaves_mid_stream_leaves_nothing_recorded(gateway, tiny_model_dir):
+    """The choice: a turn is recorded once its last token is sampled; a client that disconnects before aborts the
+    request in the engine, the session stays as it was and serves the next turn."""
+    sid, url = "left-mid-stream", gateway.url
+    body = {"model": tiny_model_dir, "messages": [{"role": "user", "content": "Go on and on."}], "max_tokens": 3000,
+            "ignore_eos": True, "stream": True}  # fmt: skip
+    with httpx.stream("POST", f"{url}/sessions/{sid}/v1/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        received = [line for line, _ in zip(lines, range(6), strict=False) if line.startswith("data:")]
+    assert received  # some deltas came, then the client closed the connection
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _running(gateway) > 0:
+        time.sleep(0.2)
+    assert _running(gateway) == 0  # the engine stopped generating for the client that left
+    assert trajectory(gateway, sid)["segments"] == []
+    reply = session_client(gateway, sid).chat.completions.create(
+        model=tiny_model_dir, messages=[{"role": "user", "content": "Go on and on."}], max_tokens=4
+    )
+    assert reply.choices[0].finish_reason in {"length", "stop"}
+    traj = trajectory(gateway, sid)
+    assert traj["forks"] == 0 and len(traj["segments"][0]["turns"]) == 1
+
+
+def _running(gateway) -> float:
+    """Requests the replicas are generating right now."""
+    total = 0.0
+    for url in gateway.replica_urls():
+        text = httpx.get(f"{url}/metrics", timeout=30).text
+        total += sum(
+            float(line.split()[-1]) for line in text.splitlines() if line.startswith("vllm:num_requests_running")
+        )
+    return total
 
 
 def test_openai_completions(gateway, tiny_model_dir, tokenizer):

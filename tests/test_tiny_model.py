@@ -7,6 +7,7 @@ import json
 import pytest
 from transformers import AutoConfig, AutoTokenizer
 
+from tests.helpers import MARKUP_IDS
 from trl.agents.tiny_model import MARKUP_TOKENS, TinyModelConfig, build, digest
 
 
@@ -50,6 +51,7 @@ def test_markup_tokens_are_single_and_survive_skip_special(tokenizer):
         ids = tokenizer.encode(token, add_special_tokens=False)
         assert len(ids) == 1, token
         assert tokenizer.decode(ids, skip_special_tokens=True) == token
+    assert {token: tokenizer.convert_tokens_to_ids(token) for token in MARKUP_IDS} == MARKUP_IDS  # tests rely on them
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert tokenizer.eos_token_id == im_end
     assert tokenizer.decode([im_end], skip_special_tokens=True) == ""

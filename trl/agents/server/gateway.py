@@ -3,8 +3,10 @@
 vLLM serves the OpenAI API, chat templates, tool and reasoning parsers, sampling and weight transfer. The gateway
 adds only what training needs, each route for one reason:
 
-* `POST /sessions/{sid}/v1/chat/completions`, `POST /sessions/{sid}/v1/completions`: the agent's base URL is its
-  episode's identity, so unmodified agents are recorded token-exactly (`recording.py`) and pinned to one replica.
+* `POST /sessions/{sid}/v1/chat/completions`, `POST /sessions/{sid}/v1/completions`, and the Anthropic Messages and
+  OpenAI Responses APIs `POST /sessions/{sid}/v1/messages`, `POST /sessions/{sid}/v1/responses` (recorded as chat
+  turns: `messages_api.py`, `responses_api.py`): the agent's base URL is its episode's identity, so unmodified agents
+  are recorded token-exactly (`recording.py`) and pinned to one replica.
 * `GET /sessions/{sid}/v1/models`: agents list models at their base URL before chatting.
 * `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions`: unrecorded traffic (evaluation, smoke
   tests) still needs one address for all replicas; forwarded byte-for-byte to the least busy one.
@@ -32,6 +34,7 @@ import asyncio
 import contextlib
 import hmac
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,8 +43,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
+from . import messages_api, responses_api
 from .errors import ServiceUnavailable, register_error_handlers
-from .protocol import error_response
+from .protocol import completion_stream, error_response, sse
 from .recording import Recorder, Timeouts
 from .routes import ROUTERS
 from .routing import ReplicaHandle, Router
@@ -132,29 +136,91 @@ class Gateway:
     # -- recorded turns ----------------------------------------------------------------------------------------
 
     async def run_turn(self, sid: str, body: dict[str, Any], kind: str) -> dict[str, Any]:
-        """Record one turn of session `sid` and return vLLM's answer (`kind`: "chat" or "completion").
+        """Record one turn of session `sid` and return the answer (`kind`: "chat", "completion", "messages" or
+        "responses"; the last two are chat turns in another wire format, `messages_api.py`, `responses_api.py`).
 
         `sid` is a valid session id (the route checks it before reading the body). A new session is pinned to the
         replica with the fewest sessions. Turns of one session run one at a time, and each on one policy version.
         """
-        if body.get("n", 1) not in (1, None):
-            raise GatewayError(400, "session routes record one sample per request: use one session per sample (n=1)")
+        chat = _check_turn(body, kind)
+        async with self._recording(sid) as (session, replica, policy):
+            if kind == "completion":
+                return await self.recorder.completion_turn(session, replica, body, policy)
+            if kind == "chat":
+                return await self.recorder.chat_turn(session, replica, body, policy)
+            if kind == "messages":
+                return messages_api.from_chat(await self.recorder.chat_turn(session, replica, chat, policy))
+            chat = responses_api.to_chat(body, session.responses)
+            answer = await self.recorder.chat_turn(session, replica, chat, policy)
+            response = responses_api.from_chat(answer, body)
+            if body.get("store", True):
+                session.responses[response["id"]] = responses_api.conversation(chat, answer["choices"][0]["message"])
+            return response
+
+    async def stream_turn(self, sid: str, body: dict[str, Any], kind: str) -> AsyncIterator[str]:
+        """Record one turn of session `sid` and return its server-sent events, sent as the engine samples (chat,
+        messages, responses; completions are sent once sampled). Errors before the first event raise here, so a
+        bad request gets an HTTP error, not a broken stream; a client that leaves mid-stream leaves nothing
+        recorded (`Recorder.chat_turn_stream`)."""
+        chat = _check_turn(body, kind)
+        events = self._stream_events(sid, body, kind, chat)
+        first = await anext(events)
+
+        async def all_events() -> AsyncIterator[str]:
+            try:
+                yield first
+                async for event in events:
+                    yield event
+            finally:
+                await events.aclose()
+
+        return all_events()
+
+    async def _stream_events(
+        self, sid: str, body: dict[str, Any], kind: str, chat: dict[str, Any] | None
+    ) -> AsyncIterator[str]:
+        async with self._recording(sid) as (session, replica, policy):
+            if kind == "completion":
+                answer = await self.recorder.completion_turn(session, replica, body, policy)
+                for event in completion_stream(answer, bool((body.get("stream_options") or {}).get("include_usage"))):
+                    yield event
+                return
+            if kind == "chat":
+                async for chunk in self.recorder.chat_turn_stream(session, replica, body, policy):
+                    yield sse(chunk)
+                yield "data: [DONE]\n\n"
+                return
+            if kind == "messages":
+                converter = messages_api.Stream()
+            else:
+                chat = responses_api.to_chat(body, session.responses)
+                converter = responses_api.Stream(body)
+            chat = {**chat, "stream_options": {"continuous_usage_stats": True}}  # the events carry the usage
+            async for chunk in self.recorder.chat_turn_stream(session, replica, chat, policy):
+                for event in converter.feed(chunk):
+                    yield event
+            if kind == "responses" and body.get("store", True):
+                session.responses[converter.response["id"]] = responses_api.conversation(chat, converter.message)
+
+    @contextlib.asynccontextmanager
+    async def _recording(self, sid: str):
+        """The session (new ones pinned to the replica with the fewest sessions), its replica and the policy
+        version, held for one turn: turns of a session run one at a time, and each on one policy version. The
+        session is saved whatever the turn recorded, even when it then failed."""
         session = self._session(sid)
         replica = self.router.by_name(session.replica)
-        run = self.recorder.chat_turn if kind == "chat" else self.recorder.completion_turn
         async with session.lock, self.weights.turn() as policy:
             self._check_serving(sid, replica)
             before = _token_counts(session)
             try:
-                answer = await run(session, replica, body, policy)
+                yield session, replica, policy
             finally:
-                self.sessions.save(session)  # whatever the turn recorded, even when it then failed
+                self.sessions.save(session)
             after = _token_counts(session)
         self.turns += 1
         sampled = after[1] - before[1]
         self.tokens["sampled"] += sampled
         self.tokens["inserted"] += after[0] - before[0] - sampled
-        return answer
 
     def _session(self, sid: str) -> Session:
         """Session `sid`; a new one is created on the replica with the fewest sessions (`NoReplicaAvailable`)."""
@@ -310,6 +376,13 @@ class Gateway:
                 for r in self.router.replicas
             ]
         return "\n".join(lines) + "\n"
+
+
+def _check_turn(body: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    """Refuse what no turn can take (before a session exists); a Messages request's chat request."""
+    if body.get("n", 1) not in (1, None):
+        raise GatewayError(400, "session routes record one sample per request: use one session per sample (n=1)")
+    return messages_api.to_chat(body) if kind == "messages" else None
 
 
 def _token_counts(session: Session) -> tuple[int, int]:

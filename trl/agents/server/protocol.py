@@ -6,10 +6,9 @@ strictly: `init_info` must be a JSON object or array, never coerced). The agent'
 not: they are forwarded to vLLM, which validates them with its own models, so the gateway reads them as raw JSON
 (`routes/deps.py: json_object`) and looks only at the few fields it needs (`n`, `stream`, `stream_options`).
 
-Streaming on session routes: the gateway needs the whole turn before it can record it, so it generates the turn,
-then sends it as a valid OpenAI stream (a role chunk, a content chunk, one chunk per tool call, a finish chunk,
-an optional usage chunk, `[DONE]`). Clients that accumulate deltas (the `openai` client, litellm) see the same
-message as without streaming; what they do not get is tokens before the turn ends.
+Streaming on session routes: chat, Responses and Messages turns stream as the engine samples them
+(`recording.py`, `messages_api.py`, `responses_api.py`); a text completion is generated whole, recorded, then sent
+as an OpenAI stream (`completion_stream`: one text chunk, a finish chunk, an optional usage chunk, `[DONE]`).
 """
 
 from __future__ import annotations
@@ -83,33 +82,9 @@ def error_response(status: int, message: str, type_: str | None = None, code: An
     return JSONResponse(body, status_code=status)
 
 
-def _sse(payload: dict[str, Any]) -> str:
+def sse(payload: dict[str, Any]) -> str:
+    """One server-sent event of the OpenAI API: `data: <json>`."""
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-
-def chat_stream(response: dict[str, Any], include_usage: bool) -> Iterator[str]:
-    """Server-sent events of a finished chat completion (`object: chat.completion.chunk`)."""
-    base = {k: response.get(k) for k in ("id", "created", "model", "system_fingerprint")}
-    base["object"] = "chat.completion.chunk"
-
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason, **extra}
-        return _sse({**base, "choices": [choice]})
-
-    choice = response["choices"][0]
-    message = choice["message"]
-    yield chunk({"role": "assistant", "content": ""})
-    if message.get("reasoning"):
-        yield chunk({"reasoning": message["reasoning"], "reasoning_content": message["reasoning"]})
-    if message.get("content"):
-        yield chunk({"content": message["content"]}, logprobs=choice.get("logprobs"))
-    for index, call in enumerate(message.get("tool_calls") or []):
-        yield chunk({"tool_calls": [{"index": index, **call}]})
-    extra = {k: choice[k] for k in ("token_ids",) if choice.get(k) is not None}
-    yield chunk({}, choice.get("finish_reason"), **extra)
-    if include_usage:
-        yield _sse({**base, "choices": [], "usage": response.get("usage")})
-    yield "data: [DONE]\n\n"
 
 
 def completion_stream(response: dict[str, Any], include_usage: bool) -> Iterator[str]:
@@ -123,11 +98,31 @@ def completion_stream(response: dict[str, Any], include_usage: bool) -> Iterator
         "logprobs": choice.get("logprobs"),
         "finish_reason": None,
     }
-    yield _sse({**base, "choices": [text_choice]})
+    yield sse({**base, "choices": [text_choice]})
     final = {"index": 0, "text": "", "logprobs": None, "finish_reason": choice.get("finish_reason")}
     if choice.get("token_ids") is not None:
         final["token_ids"] = choice["token_ids"]
-    yield _sse({**base, "choices": [final]})
+    yield sse({**base, "choices": [final]})
     if include_usage:
-        yield _sse({**base, "choices": [], "usage": response.get("usage")})
+        yield sse({**base, "choices": [], "usage": response.get("usage")})
     yield "data: [DONE]\n\n"
+
+
+class HeldWhitespace:
+    """Streamed text deltas as the non-streamed answer shows them, for APIs whose text is a block of its own
+    (Messages, Responses): whitespace before a tool call or at the end of a reply (the "\n\n" between `</think>`
+    and `<tool_call>`) makes no block, so it is held until text follows in the same block, and dropped otherwise."""
+
+    def __init__(self):
+        self.pending = ""
+
+    def shown(self, content: str | None, in_text_block: bool) -> str:
+        """The text to send for a delta's `content` ("" for none yet)."""
+        if not content:
+            return ""
+        text = self.pending + content
+        if not in_text_block and not text.strip():
+            self.pending = text
+            return ""
+        self.pending = ""
+        return text

@@ -23,9 +23,11 @@ Not here: routing, HTTP routes, streaming (see `gateway.py`, `protocol.py`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +37,7 @@ from ..trajectory import TurnRecord
 from ..turns import ANCHOR, ANCHOR_CONTENT, Anchor, TemplateError
 from .routing import ReplicaHandle
 from .sessions import Session, canonical_message, new_messages
-from .upstream import GatewayError, post_json
+from .upstream import GatewayError, post_json, stream_json
 from .weight_sync import Policy
 
 
@@ -63,6 +65,19 @@ class Timeouts:
     generate: float = 600.0
 
 
+@dataclass
+class _ChatPlan:
+    """What a chat turn is generated from: the request's messages, the new ones (`delta`) and their `bridge` tokens
+    when appended to the current segment (else `fork_reason` and a new segment), the render, the context ids."""
+
+    messages: list[dict[str, Any]]
+    delta: list[dict[str, Any]] | None
+    bridge: list[int] | None
+    fork_reason: str | None
+    rendered: dict[str, Any]
+    context: list[int]
+
+
 class Recorder:
     """Runs recorded chat and completion turns against replicas and appends them to sessions."""
 
@@ -88,6 +103,112 @@ class Recorder:
 
     async def chat_turn(self, session: Session, replica: ReplicaHandle, body: dict[str, Any], policy: Policy) -> dict:
         """Run one chat turn of `session` on `replica` and record it; return the OpenAI chat completion."""
+        plan = await self._plan_chat(session, replica, body)
+        started = time.monotonic()
+        sampled, logprobs, generated = await self._generate(
+            replica, session, plan.context, plan.rendered, body, policy
+        )
+        seconds = time.monotonic() - started
+        if not body.get("logprobs"):
+            generated["choices"][0]["logprobs"] = None  # not asked for: skip converting them back to text
+        stop_ids = await self._stop_ids(replica, body, plan.rendered)
+        derender_body = {
+            "generate_response": _without_stop_token(generated, stop_ids),
+            "prompt_tokens": len(plan.context),
+            "chat_request": {**body, "stream": False, "stream_options": None},
+        }
+        answer = await post_json(
+            self.client, self.renderer(replica), "/v1/chat/completions/derender", derender_body, self.timeouts.render
+        )
+        self._shape_answer(answer, body, plan.context, sampled, stop_ids, plan.rendered["sampling_params"])
+        choice = answer["choices"][0]
+        self._record_chat(session, plan, sampled, logprobs, choice["message"], choice.get("finish_reason"), policy,
+                          seconds)  # fmt: skip
+        return answer
+
+    async def chat_turn_stream(
+        self, session: Session, replica: ReplicaHandle, body: dict[str, Any], policy: Policy
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Run one chat turn of `session` and yield its `chat.completion.chunk`s as the engine samples them.
+
+        The engine's token stream is derendered by the render server's stateless streaming derender, several
+        engine chunks at once while a derender call is in flight (so the calls stay few when tokens come fast).
+        The turn is recorded when its last token has arrived, before the last chunk is yielded; a stream closed
+        earlier (the client left) aborts the request in the engine and records nothing.
+        """
+        plan = await self._plan_chat(session, replica, body)
+        stop_ids = await self._stop_ids(replica, body, plan.rendered)
+        request = self._generate_request(session, plan.context, plan.rendered, body, policy)
+        renderer = self.renderer(replica)
+        # the parser needs the prompt only to tell whether it leaves reasoning open: the text of this turn's header
+        header = plan.context[_rindex(plan.context, stop_ids) + 1 :]
+        sampled: list[int] = []
+        logprobs: list[float] = []
+        reply = _Reply(plan.rendered["sampling_params"])
+        state = finish = None
+        started = time.monotonic()
+        async for merged in _coalesced(stream_json(self.client, replica, "/inference/v1/generate",
+                                                   {**request, "stream": True}, self.timeouts.generate)):  # fmt: skip
+            choice = merged["choices"][0]
+            ids = choice.get("token_ids") or []
+            entries = (choice.get("logprobs") or {}).get("content") or []
+            if len(entries) != len(ids):
+                raise TurnError(502, f"{replica.name} streamed {len(ids)} tokens but {len(entries)} logprobs")
+            sampled += ids
+            logprobs += [entry["logprob"] for entry in entries]
+            finish = choice.get("finish_reason")
+            chunk, state = await self._derender_chunk(renderer, merged, state, plan, header, body, stop_ids)
+            for out in chunk.get("choices") or []:
+                reply.add(out)
+                if body.get("return_token_ids"):
+                    out["token_ids"] = ids
+            if body.get("return_token_ids") and len(sampled) == len(ids):
+                chunk["prompt_token_ids"] = plan.context
+            if (body.get("stream_options") or {}).get("continuous_usage_stats"):
+                chunk["usage"] = _usage(plan.context, sampled)
+            if finish is not None:
+                self._record_chat(session, plan, sampled, logprobs, reply.message(), reply.finish_reason or finish,
+                                  policy, time.monotonic() - started)  # fmt: skip
+            yield chunk
+        if finish is None:
+            raise TurnError(502, f"{replica.name} ended the token stream before the turn finished")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            yield {"id": chunk.get("id"), "object": "chat.completion.chunk", "created": chunk.get("created"),
+                   "model": chunk.get("model"), "choices": [], "usage": _usage(plan.context, sampled)}  # fmt: skip
+
+    async def _derender_chunk(
+        self,
+        renderer: ReplicaHandle,
+        merged: dict[str, Any],
+        state: dict[str, Any] | None,
+        plan: _ChatPlan,
+        header: list[int],
+        body: dict[str, Any],
+        stop_ids: set[int],
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """One engine chunk as a `chat.completion.chunk`, and the derender state to send with the next one."""
+        choice = merged["choices"][0]
+        ids = choice.get("token_ids") or []
+        # the stop token is recorded (the engine sampled it) but not shown, as on the non-streamed route
+        shown = ids[:-1] if choice.get("finish_reason") == "stop" and ids and ids[-1] in stop_ids else ids
+        entries = choice["logprobs"]["content"]
+        shown_logprobs = {"content": entries[: len(shown)]} if body.get("logprobs") else None
+        derender = {
+            "stream": True,
+            "generate_chunk": {**merged, "choices": [{**choice, "token_ids": shown, "logprobs": shown_logprobs}]},
+            "stream_state": state,
+            "prompt_tokens": len(plan.context),
+            "prompt_token_ids": header,
+            "chat_request": {**body, "stream": True, "stream_options": None},
+        }
+        answer = await post_json(
+            self.client, renderer, "/v1/chat/completions/derender", derender, self.timeouts.render
+        )
+        return answer["chunk"], answer["stream_state"]
+
+    async def _plan_chat(self, session: Session, replica: ReplicaHandle, body: dict[str, Any]) -> _ChatPlan:
+        """The context of a chat turn: the recorded tokens and the new messages bridged onto them, or (first turn,
+        history rewritten, template not prefix-stable) the whole conversation rendered, in a new segment."""
         messages = body.get("messages")
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise TurnError(400, "`messages` must be a list of message objects")
@@ -104,38 +225,34 @@ class Recorder:
             context = rendered["token_ids"]
         else:
             context = segment.tokens.token_ids + bridge
-        started = time.monotonic()
-        sampled, logprobs, generated = await self._generate(replica, session, context, rendered, body, policy)
-        seconds = time.monotonic() - started
-        if not body.get("logprobs"):
-            generated["choices"][0]["logprobs"] = None  # not asked for: skip converting them back to text
-        stop_ids = await self._stop_ids(replica, body, rendered)
-        derender_body = {
-            "generate_response": _without_stop_token(generated, stop_ids),
-            "prompt_tokens": len(context),
-            "chat_request": {**body, "stream": False, "stream_options": None},
-        }
-        answer = await post_json(
-            self.client, self.renderer(replica), "/v1/chat/completions/derender", derender_body, self.timeouts.render
-        )
-        self._shape_answer(answer, body, context, sampled, stop_ids, rendered["sampling_params"])
-        choice = answer["choices"][0]
-        if bridge is None:
-            segment = self._start_segment(session, fork_reason)
-            segment.tokens.add_context(context)
-            segment.messages = [canonical_message(m) for m in messages]
+        return _ChatPlan(messages, delta, bridge, fork_reason, rendered, context)
+
+    def _record_chat(
+        self,
+        session: Session,
+        plan: _ChatPlan,
+        sampled: list[int],
+        logprobs: list[float],
+        message: dict[str, Any],
+        finish_reason: str | None,
+        policy: Policy,
+        seconds: float,
+    ) -> None:
+        """Append the turn to the session: onto its current segment when bridged, else as a new segment."""
+        if plan.bridge is None:
+            segment = self._start_segment(session, plan.fork_reason)
+            segment.tokens.add_context(plan.context)
+            segment.messages = [canonical_message(m) for m in plan.messages]
         else:
-            segment.tokens.add_context(bridge)
-            segment.messages += [canonical_message(m) for m in delta]
+            segment = session.current
+            segment.tokens.add_context(plan.bridge)
+            segment.messages += [canonical_message(m) for m in plan.delta]
         segment.tokens.add_sampled(sampled, logprobs)
-        segment.messages.append(canonical_message(choice["message"]))
-        tools = [call["function"]["name"] for call in choice["message"].get("tool_calls") or []]
+        segment.messages.append(canonical_message(message))
+        tools = [call["function"]["name"] for call in message.get("tool_calls") or []]
         segment.turns.append(
-            TurnRecord(
-                policy.version, choice.get("finish_reason"), len(context), len(sampled), tools, round(seconds, 4)
-            )
+            TurnRecord(policy.version, finish_reason, len(plan.context), len(sampled), tools, round(seconds, 4))
         )
-        return answer
 
     async def _render_chat(self, replica: ReplicaHandle, body: dict[str, Any]) -> dict[str, Any]:
         request = {**body, "stream": False, "stream_options": None}
@@ -233,6 +350,20 @@ class Recorder:
         body: dict[str, Any],
         policy: Policy,
     ) -> tuple[list[int], list[float], dict[str, Any]]:
+        request = self._generate_request(session, context, rendered, body, policy)
+        generated = await post_json(self.client, replica, "/inference/v1/generate", request, self.timeouts.generate)
+        choice = generated["choices"][0]
+        sampled = choice.get("token_ids") or []
+        entries = (choice.get("logprobs") or {}).get("content") or []
+        logprobs = [entry["logprob"] for entry in entries]
+        if len(logprobs) != len(sampled):
+            raise TurnError(502, f"{replica.name} returned {len(sampled)} tokens but {len(logprobs)} logprobs")
+        return sampled, logprobs, generated
+
+    def _generate_request(
+        self, session: Session, context: list[int], rendered: dict[str, Any], body: dict[str, Any], policy: Policy
+    ) -> dict[str, Any]:
+        """The `/inference/v1/generate` request of a turn: the exact context ids and the client's sampling."""
         if len(context) >= self.max_model_len:
             raise TurnError(
                 400,
@@ -255,14 +386,7 @@ class Recorder:
         }
         if policy.lora_name:
             request["model"] = policy.lora_name  # adapter-only weight sync: the replicas serve the policy as a LoRA
-        generated = await post_json(self.client, replica, "/inference/v1/generate", request, self.timeouts.generate)
-        choice = generated["choices"][0]
-        sampled = choice.get("token_ids") or []
-        entries = (choice.get("logprobs") or {}).get("content") or []
-        logprobs = [entry["logprob"] for entry in entries]
-        if len(logprobs) != len(sampled):
-            raise TurnError(502, f"{replica.name} returned {len(sampled)} tokens but {len(logprobs)} logprobs")
-        return sampled, logprobs, generated
+        return request
 
     @staticmethod
     def _shape_answer(
@@ -322,3 +446,106 @@ def cut_at_stop_string(text: str, sampling: dict[str, Any]) -> str:
         return text
     start, stop = min(found)
     return text[: start + (len(stop) if sampling.get("include_stop_str_in_output") else 0)]
+
+
+class _Reply:
+    """The assistant message a chat stream adds up to, delta by delta (what the recording's history keeps)."""
+
+    def __init__(self, sampling: dict[str, Any]):
+        self.sampling = sampling
+        self.content = ""
+        self.reasoning = ""
+        self.calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+
+    def add(self, choice: dict[str, Any]) -> None:
+        """Add one streamed choice; on the last one, cut its content at a stop string as vLLM's routes do."""
+        delta = choice.get("delta") or {}
+        if delta.get("content"):
+            text = self.content + delta["content"]
+            if choice.get("finish_reason") == "stop":
+                text = cut_at_stop_string(text, self.sampling)
+                delta["content"] = text[len(self.content) :]
+            self.content = text
+        self.reasoning += delta.get("reasoning") or delta.get("reasoning_content") or ""
+        for call in delta.get("tool_calls") or []:
+            entry = self.calls.setdefault(
+                call.get("index", len(self.calls)),
+                {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+            )
+            entry["id"] = call.get("id") or entry["id"]
+            function = call.get("function") or {}
+            entry["function"]["name"] += function.get("name") or ""
+            entry["function"]["arguments"] += function.get("arguments") or ""
+        if choice.get("finish_reason") is not None:
+            self.finish_reason = choice["finish_reason"]
+
+    def message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.reasoning:
+            message["reasoning"] = self.reasoning
+        if self.calls:
+            message["tool_calls"] = [self.calls[i] for i in sorted(self.calls)]
+        return message
+
+
+async def _coalesced(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """The engine's stream chunks, those that arrived while the consumer was busy merged into one."""
+    queue: asyncio.Queue = asyncio.Queue()
+    end = object()
+
+    async def read() -> None:
+        try:
+            async for chunk in chunks:
+                if chunk.get("choices"):
+                    queue.put_nowait(chunk)
+            queue.put_nowait(end)
+        except Exception as exc:  # handed to the consumer, which raises it
+            queue.put_nowait(exc)
+
+    reader = asyncio.ensure_future(read())
+    try:
+        while True:
+            items = [await queue.get()]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            ready = [item for item in items if isinstance(item, dict)]
+            if ready:
+                yield _merge(ready)
+            if isinstance(items[-1], Exception):
+                raise items[-1]
+            if items[-1] is end:
+                return
+    finally:
+        reader.cancel()  # the client left: closing the engine's stream aborts the request there
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+
+
+def _merge(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Consecutive stream chunks of one choice as one chunk."""
+    ids: list[int] = []
+    entries: list[dict[str, Any]] = []
+    for chunk in chunks:
+        choice = chunk["choices"][0]
+        ids += choice.get("token_ids") or []
+        entries += (choice.get("logprobs") or {}).get("content") or []
+    last = chunks[-1]["choices"][0]
+    merged = {**chunks[0], "choices": [{**last, "token_ids": ids, "logprobs": {"content": entries}}]}
+    return merged
+
+
+def _usage(context: list[int], sampled: list[int]) -> dict[str, int]:
+    return {
+        "prompt_tokens": len(context),
+        "completion_tokens": len(sampled),
+        "total_tokens": len(context) + len(sampled),
+    }
+
+
+def _rindex(ids: list[int], targets: set[int]) -> int:
+    """The last position of any of `targets` in `ids` (-1: none)."""
+    for i in range(len(ids) - 1, -1, -1):
+        if ids[i] in targets:
+            return i
+    return -1

@@ -73,6 +73,7 @@ class Session:
     forks: int = 0
     created: float = field(default_factory=time.time)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    responses: dict[str, list[dict]] = field(default_factory=dict, repr=False)  # Responses API state, not journaled
 
     @property
     def current(self) -> Segment | None:
@@ -120,11 +121,12 @@ def canonical_message(message: dict[str, Any]) -> str:
     """A string equal for two messages exactly when the chat template would see the same turn.
 
     Kept: role, text content, name, and for assistant turns the tool calls' names and parsed arguments.
-    Ignored: ids, `null`/empty fields clients add, and reasoning (clients often drop it when echoing a reply; the
-    recorded tokens keep what the model really produced either way).
+    Ignored: ids, `null`/empty fields clients add, whitespace around the content (a streamed reply has the "\n\n"
+    before a tool call that the non-streamed answer and the Messages and Responses APIs drop), and reasoning
+    (clients often drop it when echoing a reply). The recorded tokens keep what the model produced either way.
     """
     role = message.get("role")
-    canonical: dict[str, Any] = {"role": role, "content": _text(message.get("content"))}
+    canonical: dict[str, Any] = {"role": role, "content": _text(message.get("content")).strip()}
     if message.get("name"):
         canonical["name"] = message["name"]
     if role == "assistant":

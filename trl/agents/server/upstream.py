@@ -7,9 +7,11 @@ Not here: choosing the replica (`routing.py`) or what the calls mean (`recording
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -82,6 +84,30 @@ async def post_json(
     return await _call(session, replica, "POST", path, json.dumps(body), timeout)
 
 
+async def stream_json(
+    session: aiohttp.ClientSession, replica: ReplicaHandle, path: str, body: Any, timeout: float
+) -> AsyncIterator[dict[str, Any]]:
+    """POST `body` to `replica` and yield each JSON object of its server-sent-event answer, up to `data: [DONE]`.
+
+    `timeout` bounds the whole stream. Raises as `post_json` does; an error object sent inside the stream raises
+    `UpstreamError` with its text. Closing the generator early closes the connection (vLLM then aborts the request).
+    """
+    async with _exchange(session, replica, "POST", path, json.dumps(body), timeout) as response:
+        if response.status >= 400:
+            _answer(await response.read(), response.status, replica)
+        async for line in response.content:
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                return
+            payload = json.loads(data)
+            if isinstance(payload, dict) and "error" in payload and "choices" not in payload:
+                status = payload["error"].get("code") if isinstance(payload["error"], dict) else None
+                raise UpstreamError(status if isinstance(status, int) else 500, payload, replica.name)
+            yield payload
+
+
 async def get_json(session: aiohttp.ClientSession, replica: ReplicaHandle, path: str, timeout: float) -> Any:
     """GET `path` from `replica` and return its JSON answer; raises as `post_json` does."""
     return await _call(session, replica, "GET", path, None, timeout)
@@ -90,6 +116,17 @@ async def get_json(session: aiohttp.ClientSession, replica: ReplicaHandle, path:
 async def _call(
     session: aiohttp.ClientSession, replica: ReplicaHandle, method: str, path: str, data: str | None, timeout: float
 ) -> Any:
+    async with _exchange(session, replica, method, path, data, timeout) as response:
+        raw = await response.read()
+    return _answer(raw, response.status, replica)
+
+
+@contextlib.asynccontextmanager
+async def _exchange(
+    session: aiohttp.ClientSession, replica: ReplicaHandle, method: str, path: str, data: str | None, timeout: float
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """One request to `replica`, counted in its load and in the per-endpoint times, within `timeout` (reading the
+    answer included); a failed connection marks the replica down."""
     replica.inflight += 1
     start = time.perf_counter()
     try:
@@ -97,8 +134,7 @@ async def _call(
             method, f"{replica.url}{path}", data=data, headers={"Content-Type": "application/json"},
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as response:  # fmt: skip
-            raw = await response.read()
-            status = response.status
+            yield response
     except asyncio.TimeoutError as exc:
         raise ReplicaUnreachable(replica, f"no answer to {path} within {timeout:.0f} s") from exc
     except aiohttp.ClientError as exc:
@@ -108,6 +144,10 @@ async def _call(
         replica.inflight -= 1
         CALL_SECONDS[path] += time.perf_counter() - start
         CALLS[path] += 1
+
+
+def _answer(raw: bytes, status: int, replica: ReplicaHandle) -> Any:
+    """The JSON of an answer; `UpstreamError` with the server's own text for an error status."""
     try:
         payload = json.loads(raw)
     except ValueError:

@@ -1,8 +1,9 @@
-"""The agent's OpenAI API at its session's base URL, `/sessions/{sid}/v1/`: every turn is recorded token-exactly.
+"""The agent's API at its session's base URL, `/sessions/{sid}/v1/`: every turn is recorded token-exactly. OpenAI
+chat and completions, the OpenAI Responses API and the Anthropic Messages API (the last two as chat turns).
 
 The agent's base URL is its episode's identity, so unmodified agents are recorded and pinned to one replica. The
 request body is forwarded to vLLM, which validates it: the gateway checks only that it is a JSON object of at most
-`max_body_bytes`. A streamed turn is generated whole, recorded, then sent as an OpenAI stream (`protocol.py`).
+`max_body_bytes`. A streamed turn (`stream: true`) is sent as the engine samples it (`Gateway.stream_turn`).
 Not here: the turn itself (`Gateway.run_turn`, then `recording.py`), unrecorded traffic (`unrecorded.py`).
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ..protocol import chat_stream, completion_stream
 from ..sessions import SESSION_ID
 from ..upstream import GatewayError
 from .deps import gateway_of, json_object
@@ -24,12 +24,10 @@ async def recorded_turn(request: Request, sid: str, kind: str) -> Response:
     if not SESSION_ID.match(sid):  # before the body: a bad id is the error reported even when the body is bad too
         raise GatewayError(400, f"invalid session id {sid[:200]!r}: use 1-128 of [A-Za-z0-9._-]")
     body = await json_object(request)
-    answer = await gateway_of(request).run_turn(sid, body, kind)
+    gateway = gateway_of(request)
     if body.get("stream"):
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        chunks = chat_stream if kind == "chat" else completion_stream
-        return StreamingResponse(chunks(answer, include_usage), media_type="text/event-stream")
-    return JSONResponse(answer)
+        return StreamingResponse(await gateway.stream_turn(sid, body, kind), media_type="text/event-stream")
+    return JSONResponse(await gateway.run_turn(sid, body, kind))
 
 
 @router.post("/sessions/{sid}/v1/chat/completions")
@@ -40,6 +38,16 @@ async def session_chat(sid: str, request: Request):
 @router.post("/sessions/{sid}/v1/completions")
 async def session_completions(sid: str, request: Request):
     return await recorded_turn(request, sid, "completion")
+
+
+@router.post("/sessions/{sid}/v1/messages")
+async def session_messages(sid: str, request: Request):
+    return await recorded_turn(request, sid, "messages")  # Anthropic Messages API, recorded as a chat turn
+
+
+@router.post("/sessions/{sid}/v1/responses")
+async def session_responses(sid: str, request: Request):
+    return await recorded_turn(request, sid, "responses")  # OpenAI Responses API, recorded as a chat turn
 
 
 @router.get("/sessions/{sid}/v1/models")
