@@ -16,7 +16,9 @@ engine, batch and machine noise, which on a 2-core machine swings separate runs 
 runs are printed as well.
 
 Streaming (`stream: true`, the same load and pairing as the headline: half the sessions straight to the replicas,
-half through the gateway, at the same time): output tokens/s of each path and the median time to first token.
+half through the gateway, at the same time): output tokens/s of each path and the median time to first token; and
+alternating separate runs of all sessions streaming one way, then the other, which show what the gateway's own work
+(a derender call per batch of engine chunks) costs the shared machine.
 
 Two direct baselines: `direct+ids` asks for what a trainer needs from each turn (`return_token_ids`, `logprobs`),
 which is what the gateway records and the like-for-like comparison (the headline ratio); `direct` asks for text
@@ -171,14 +173,28 @@ def main() -> None:
                 run_load(urls, model, half, args.turns, args.max_tokens, {}, offset=half, ttfts=ttft["gateway"]),
             )
 
+        alone: list[tuple[float, float]] = []
         for r in range(args.rounds):
             direct_rate, gateway_rate = asyncio.run(both_streaming(r))
             streamed.append((direct_rate, gateway_rate))
             print(f"round {r} streaming  direct+ids {direct_rate:7.1f}  gateway {gateway_rate:7.1f}  "
                   f"ratio {gateway_rate / direct_rate:.3f}", file=sys.stderr, flush=True)  # fmt: skip
+            ids, urls = {"return_token_ids": True, "logprobs": True}, [gateway_url[0].replace("{round}", f"alone{r}")]
+            paths = {"direct+ids": (direct_urls, ids), "gateway": (urls, {})}
+            order = ["direct+ids", "gateway"] if r % 2 == 0 else ["gateway", "direct+ids"]
+            rates_alone = {}
+            for mode in order:  # swapping places every round, as above
+                path_urls, extra = paths[mode]
+                load = run_load(path_urls, model, args.sessions, args.turns, args.max_tokens, extra, ttfts=[])
+                rates_alone[mode] = asyncio.run(load)
+            alone.append((rates_alone["direct+ids"], rates_alone["gateway"]))
+            print(f"round {r} streaming, separate runs: direct+ids {alone[-1][0]:7.1f}  gateway {alone[-1][1]:7.1f}",
+                  file=sys.stderr, flush=True)  # fmt: skip
     result = {"sessions": args.sessions, "turns": args.turns, "max_tokens": args.max_tokens}
     result["streaming_ratios"] = [g / d for d, g in streamed]
     result["streaming_ratio"] = statistics.median(result["streaming_ratios"])
+    result["streaming_alone_ratios"] = [g / d for d, g in alone]
+    result["streaming_alone_ratio"] = statistics.median(result["streaming_alone_ratios"])
     result["ttft_ms"] = {mode: 1000 * statistics.median(values) for mode, values in ttft.items()}
     result["ttft_ratio"] = result["ttft_ms"]["gateway"] / result["ttft_ms"]["direct+ids"]
     result.update({f"{mode}_tokens_per_s": statistics.median(values) for mode, values in rates.items()})
@@ -211,6 +227,11 @@ def main() -> None:
         f"{result['ttft_ms']['gateway']:.0f} ms, ratio {result['ttft_ratio']:.2f}) | {args.sessions // 2} + "
         f"{args.sessions // 2} sessions x {load} | {statistics.median(d for d, _ in streamed):.0f} | "
         f"{statistics.median(g for _, g in streamed):.0f} | {result['streaming_ratio']:.3f} |"
+    )
+    print(
+        f"| streaming, alternating runs | {args.sessions} sessions x {load} | "
+        f"{statistics.median(d for d, _ in alone):.0f} | {statistics.median(g for _, g in alone):.0f} | "
+        f"{result['streaming_alone_ratio']:.3f} |"
     )
     print(
         f"| (direct, text only: no token ids or logprobs) | {args.sessions} sessions x {load} | "
