@@ -131,8 +131,8 @@ class Recorder:
     ) -> AsyncIterator[dict[str, Any]]:
         """Run one chat turn of `session` and yield its `chat.completion.chunk`s as the engine samples them.
 
-        The engine's token stream is derendered by the render server's stateless streaming derender, several
-        engine chunks at once while a derender call is in flight (so the calls stay few when tokens come fast).
+        The engine's token stream is derendered by the render server's stateless streaming derender, one engine chunk
+        per call (see `_buffered` for why they are not merged).
         The turn is recorded when its last token has arrived, before the last chunk is yielded; a stream closed
         earlier (the client left) aborts the request in the engine and records nothing.
         """
@@ -147,9 +147,9 @@ class Recorder:
         reply = _Reply(plan.rendered["sampling_params"])
         state = finish = None
         started = time.monotonic()
-        async for merged in _coalesced(stream_json(self.client, replica, "/inference/v1/generate",
+        async for engine_chunk in _buffered(stream_json(self.client, replica, "/inference/v1/generate",
                                                    {**request, "stream": True}, self.timeouts.generate)):  # fmt: skip
-            choice = merged["choices"][0]
+            choice = engine_chunk["choices"][0]
             ids = choice.get("token_ids") or []
             entries = (choice.get("logprobs") or {}).get("content") or []
             if len(entries) != len(ids):
@@ -157,7 +157,7 @@ class Recorder:
             sampled += ids
             logprobs += [entry["logprob"] for entry in entries]
             finish = choice.get("finish_reason")
-            chunk, state = await self._derender_chunk(renderer, merged, state, plan, header, body, stop_ids)
+            chunk, state = await self._derender_chunk(renderer, engine_chunk, state, plan, header, body, stop_ids)
             for out in chunk.get("choices") or []:
                 reply.add(out)
                 if body.get("return_token_ids"):
@@ -179,7 +179,7 @@ class Recorder:
     async def _derender_chunk(
         self,
         renderer: ReplicaHandle,
-        merged: dict[str, Any],
+        engine_chunk: dict[str, Any],
         state: dict[str, Any] | None,
         plan: _ChatPlan,
         header: list[int],
@@ -187,15 +187,18 @@ class Recorder:
         stop_ids: set[int],
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """One engine chunk as a `chat.completion.chunk`, and the derender state to send with the next one."""
-        choice = merged["choices"][0]
+        choice = engine_chunk["choices"][0]
         ids = choice.get("token_ids") or []
         # the stop token is recorded (the engine sampled it) but not shown, as on the non-streamed route
         shown = ids[:-1] if choice.get("finish_reason") == "stop" and ids and ids[-1] in stop_ids else ids
-        entries = choice["logprobs"]["content"]
+        entries = (choice.get("logprobs") or {}).get("content") or []
         shown_logprobs = {"content": entries[: len(shown)]} if body.get("logprobs") else None
         derender = {
             "stream": True,
-            "generate_chunk": {**merged, "choices": [{**choice, "token_ids": shown, "logprobs": shown_logprobs}]},
+            "generate_chunk": {
+                **engine_chunk,
+                "choices": [{**choice, "token_ids": shown, "logprobs": shown_logprobs}],
+            },
             "stream_state": state,
             "prompt_tokens": len(plan.context),
             "prompt_token_ids": header,
@@ -489,16 +492,10 @@ class _Reply:
         return message
 
 
-# Least seconds between two derender calls of one stream (the first chunk goes at once, and so does the last). Each
-# call builds vLLM's parsers afresh and replays the turn's tokens so far through them: on the render server that
-# costs more than generating the token. Measured on 2 cores, 32 streams of 128 tokens: 0.05 s gave 0.23-0.41 of
-# direct streaming's tokens/s, 0.25 s 0.44-0.71 (benchmarks/RESULTS.md section 7).
-STREAM_INTERVAL = 0.2
-
-
-async def _coalesced(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    """The engine's stream chunks, merged: those that arrive within `STREAM_INTERVAL` of the last yield, or while
-    the consumer is busy, come as one."""
+async def _buffered(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """The engine's stream chunks (those with a choice), read ahead into a queue so the engine never waits for the
+    derender calls. Not merged: vLLM's streaming tool parsers (hermes) lose the start of a call's arguments when one
+    delta holds both the end of its name and the start of its arguments (seen with chunks merged 0.2 s apart)."""
     queue: asyncio.Queue = asyncio.Queue()
     end = object()
 
@@ -512,41 +509,18 @@ async def _coalesced(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dic
             queue.put_nowait(exc)
 
     reader = asyncio.ensure_future(read())
-    loop = asyncio.get_running_loop()
-    last = -STREAM_INTERVAL
     try:
         while True:
-            items = [await queue.get()]
-            early = last + STREAM_INTERVAL - loop.time()
-            if early > 0 and isinstance(items[0], dict) and items[0]["choices"][0].get("finish_reason") is None:
-                await asyncio.sleep(early)
-            last = loop.time()
-            while not queue.empty():
-                items.append(queue.get_nowait())
-            ready = [item for item in items if isinstance(item, dict)]
-            if ready:
-                yield _merge(ready)
-            if isinstance(items[-1], Exception):
-                raise items[-1]
-            if items[-1] is end:
+            item = await queue.get()
+            if isinstance(item, Exception):
+                raise item
+            if item is end:
                 return
+            yield item
     finally:
         reader.cancel()  # the client left: closing the engine's stream aborts the request there
         with contextlib.suppress(asyncio.CancelledError):
             await reader
-
-
-def _merge(chunks: list[dict[str, Any]]) -> dict[str, Any]:
-    """Consecutive stream chunks of one choice as one chunk."""
-    ids: list[int] = []
-    entries: list[dict[str, Any]] = []
-    for chunk in chunks:
-        choice = chunk["choices"][0]
-        ids += choice.get("token_ids") or []
-        entries += (choice.get("logprobs") or {}).get("content") or []
-    last = chunks[-1]["choices"][0]
-    merged = {**chunks[0], "choices": [{**last, "token_ids": ids, "logprobs": {"content": entries}}]}
-    return merged
 
 
 def _usage(context: list[int], sampled: list[int]) -> dict[str, int]:
