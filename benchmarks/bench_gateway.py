@@ -18,7 +18,7 @@ runs are printed as well.
 Streaming (`stream: true`, the same load and pairing as the headline: half the sessions straight to the replicas,
 half through the gateway, at the same time): output tokens/s of each path and the median time to first token; and
 alternating separate runs of all sessions streaming one way, then the other, which show what the gateway's own work
-(a derender call per batch of engine chunks) costs the shared machine.
+(a streaming derender call per engine chunk) costs the shared machine.
 
 Two direct baselines: `direct+ids` asks for what a trainer needs from each turn (`return_token_ids`, `logprobs`),
 which is what the gateway records and the like-for-like comparison (the headline ratio); `direct` asks for text

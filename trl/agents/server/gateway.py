@@ -379,7 +379,8 @@ class Gateway:
 
 
 def _check_turn(body: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    """Refuse what no turn can take (before a session exists); a Messages request's chat request."""
+    """Refuse what no turn can take, before a session exists (a Responses request is converted later, with its
+    session's stored responses); a Messages request's chat request."""
     if body.get("n", 1) not in (1, None):
         raise GatewayError(400, "session routes record one sample per request: use one session per sample (n=1)")
     return messages_api.to_chat(body) if kind == "messages" else None

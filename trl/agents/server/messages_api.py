@@ -8,7 +8,7 @@ prompt the engine sees is the one vLLM would render (`tests/test_apis.py` checks
 `system` becomes a system message (without Claude Code's per-request billing-header block); `tool_result` blocks become tool messages, placed before the rest of their user
 message; `tool_use` blocks become tool calls and `thinking` blocks reasoning of the assistant message; tools take
 their `input_schema` as parameters; `thinking: {type: disabled}` sets the template variable `enable_thinking` to false
-(Qwen3-style templates; vLLM's own route sets a reasoning effort instead, which those templates ignore). Fields outside the Messages API (vLLM's extensions such as
+(what Qwen3-style templates read; vLLM's own route sets a reasoning effort instead). Fields outside the Messages API (vLLM's extensions such as
 `structured_outputs`, `chat_template_kwargs`) are passed to the chat request as they are.
 
 Streaming: `Stream` turns the chat turn's chunks into the Messages API's events as the engine samples them.

@@ -17,7 +17,11 @@ replica when there is none), generation on the session's replica (started with `
 
 Only when all three succeed is the turn recorded, so a failed request never leaves half a turn behind.
 
-Not here: routing, HTTP routes, streaming (see `gateway.py`, `protocol.py`).
+Streamed turns (`chat_turn_stream`) generate with `stream: true` and derender each engine chunk with the render
+server's stateless streaming derender; the turn is recorded once its last chunk has been derendered.
+
+Not here: routing, HTTP routes, server-sent events (see `gateway.py`, `protocol.py`, `messages_api.py`,
+`responses_api.py`).
 """
 
 from __future__ import annotations
@@ -133,8 +137,9 @@ class Recorder:
 
         The engine's token stream is derendered by the render server's stateless streaming derender, one engine chunk
         per call (see `_buffered` for why they are not merged).
-        The turn is recorded when its last token has arrived, before the last chunk is yielded; a stream closed
-        earlier (the client left) aborts the request in the engine and records nothing.
+        The turn is recorded once its last engine chunk has been derendered, before the last chunk is yielded; a
+        stream closed earlier (the client left) aborts the request in the engine (if still running) and records
+        nothing. The session lock and the weight gate are held until then (`Gateway._recording`).
         """
         plan = await self._plan_chat(session, replica, body)
         stop_ids = await self._stop_ids(replica, body, plan.rendered)
