@@ -23,6 +23,8 @@ setup(
         "uvicorn>=0.29",
         "httpx>=0.27",
         "aiohttp>=3.9",
+        "httptools>=0.6",  # the gateway's HTTP/1.1 client (server/http1.py)
+        "msgspec>=0.18",  # JSON of token-id lists (server/upstream.py)
         "openai>=1.40",
     ],
     extras_require={

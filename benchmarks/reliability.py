@@ -47,7 +47,9 @@ def percentile(values: list[float], q: float) -> float:
 async def episodes(base_urls: list[str], model: str, sessions: int, turns: int) -> tuple[list[float], int, list]:
     """`sessions` concurrent conversations of `turns` turns; returns turn latencies, failures, transcripts."""
     latencies, failures, transcripts = [], 0, []
-    limits = httpx.Limits(max_connections=sessions, max_keepalive_connections=sessions)
+    # idle connections dropped after 2 s: vLLM's servers (uvicorn) close them after 5 s, and a request sent on one as
+    # it closes fails with a read error (seen on the direct run, where finished episodes leave idle connections)
+    limits = httpx.Limits(max_connections=sessions, max_keepalive_connections=sessions, keepalive_expiry=2.0)
     async with httpx.AsyncClient(timeout=600, limits=limits) as http:
 
         async def one(i: int):
@@ -56,8 +58,13 @@ async def episodes(base_urls: list[str], model: str, sessions: int, turns: int) 
             messages = [{"role": "user", "content": f"episode-{i} says hello"}]
             for k in range(turns):
                 start = time.monotonic()
-                r = await http.post(f"{url}/chat/completions", json={
-                    "model": model, "messages": messages, "max_tokens": 16, "temperature": 1.0})  # fmt: skip
+                try:
+                    r = await http.post(f"{url}/chat/completions", json={
+                        "model": model, "messages": messages, "max_tokens": 16, "temperature": 1.0})  # fmt: skip
+                except httpx.TransportError as exc:  # a failed turn, counted like an error status
+                    print(f"episode {i} turn {k}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                    failures += 1
+                    return
                 latencies.append(time.monotonic() - start)
                 if r.status_code != 200:
                     failures += 1

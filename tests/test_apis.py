@@ -14,6 +14,8 @@ import openai
 import pytest
 
 from tests.helpers import AUTH, FORCE, FORCED_TURN, TOOLS, sampled_runs, trajectory
+from trl.agents.server.gateway import Gateway, GatewayConfig
+from trl.agents.server.upstream import UpstreamError
 
 
 FUNCTION = TOOLS[0]["function"]
@@ -214,3 +216,39 @@ def test_bad_input_on_the_new_routes_is_a_400_and_the_gateway_keeps_serving(gate
     assert ok.status_code == 200 and ok.json()["object"] == "response"
     assert httpx.get(f"{gateway.url}/health", timeout=30).status_code == 200
     assert httpx.get(f"{gateway.url}/sessions/bad-apis/trajectory", headers=AUTH, timeout=30).status_code == 200
+
+
+class FailingMidStream(Gateway):
+    """A gateway whose turns fail after their first event: a replica that drops the connection mid-turn, which
+    cannot be timed reliably with the real engine (the error mapping is what is tested, on the real converters)."""
+
+    async def _stream_events(self, sid, body, kind, chat, converter):
+        yield "first event\n\n"
+        raise UpstreamError(502, {"error": {"message": "replica-0 went away"}}, "replica-0")
+
+
+@pytest.mark.parametrize("kind", ["chat", "messages", "responses"])
+def test_a_turn_failing_after_its_first_event_ends_its_stream_with_the_apis_error_event(kind):
+    import asyncio
+
+    gateway = FailingMidStream(GatewayConfig(replicas=[("replica-0", "http://127.0.0.1:9")]))
+    body = {"model": "m", "stream": True, "max_tokens": 4,
+            **({"input": "hi"} if kind == "responses" else {"messages": [{"role": "user", "content": "hi"}]})}  # fmt: skip
+
+    async def events() -> list[str]:
+        return [event async for event in await gateway.stream_turn("s1", body, kind)]
+
+    first, *rest = asyncio.run(events())
+    assert first == "first event\n\n" and gateway.errors == {502: 1}
+    data = [json.loads(line[len("data: "):]) for event in rest for line in event.splitlines()
+            if line.startswith("data: {")]  # fmt: skip
+    assert len(data) == 1
+    if kind == "chat":
+        assert data[0]["error"] == {"message": "replica-0 went away", "type": "ServerError", "code": 502}
+        assert rest[-1] == "data: [DONE]\n\n"
+    elif kind == "messages":
+        assert rest[0].startswith("event: error\n")
+        assert data[0] == {"type": "error", "error": {"type": "api_error", "message": "replica-0 went away"}}
+    else:
+        assert rest[0].startswith("event: error\n")
+        assert data[0]["type"] == "error" and data[0]["message"] == "replica-0 went away" and data[0]["code"] == "502"

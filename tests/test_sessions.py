@@ -140,3 +140,24 @@ def test_router_adopts_journaled_sessions_on_their_replica_or_a_stable_one():
     assert sum(r.sessions for r in router.replicas) == 1 + 40
     before = {r.name: r.sessions for r in router.replicas}
     assert before[router.assign_session().name] == min(before.values())  # new sessions go where fewest are
+
+
+def test_a_journal_of_an_older_version_matches_the_same_messages(tmp_path):
+    """Canonical messages were spelled by `json.dumps` before msgspec: reloaded, they still match the messages they
+    stand for, so a gateway upgraded mid-run does not fork every session."""
+    import json
+
+    messages = [{"role": "user", "content": "héllo \"x\"\n"}, {"role": "assistant", "content": "ok", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "shell", "arguments": '{"z": 1, "a": [1, 2]}'}}]}]  # fmt: skip
+    store = SessionStore(tmp_path)
+    segment = store.create("ep-old", "replica-0").start_segment()
+    segment.tokens.add_context([1])
+    segment.tokens.add_sampled([2], [-0.5])
+    segment.messages = [
+        json.dumps(json.loads(canonical_message(m)), sort_keys=True, ensure_ascii=False) for m in messages
+    ]
+    assert segment.messages != [canonical_message(m) for m in messages]  # the old spelling differs
+    store.save(store.get("ep-old"))
+    reloaded = SessionStore(tmp_path).get("ep-old")
+    assert reloaded.current.messages == [canonical_message(m) for m in messages]
+    assert new_messages(reloaded.current.messages, [*messages, {"role": "user", "content": "next"}]) is not None

@@ -11,6 +11,9 @@ Code anywhere below the routes raises; nothing returns an error response itself.
 * FastAPI's and Starlette's own errors (no such route, wrong method, invalid parameters): OpenAI-style JSON too.
 * Anything else: 500 `ServerError` naming the exception, logged with its traceback.
 
+A streamed turn that fails after its first event has already sent its 200: `describe` gives the same status, message
+and type for the error event the stream then ends with (`Gateway.stream_turn`).
+
 Every error response is counted in `Gateway.errors` by status (exported by `/metrics`), including vLLM's.
 Not here: what raises them (the `Gateway` in `gateway.py`, the routes under `routes/`).
 """
@@ -28,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .recording import TurnError
 from .routing import NoReplicaAvailable
 from .sessions import SessionClosed
-from .upstream import GatewayError, ReplicaUnreachable, UpstreamError
+from .upstream import GatewayError, ReplicaUnreachable, UpstreamError, error_message
 from .weight_sync import SyncError
 
 
@@ -99,6 +102,20 @@ async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
     return _gateway(request).fail(500, f"gateway error: {type(exc).__name__}: {exc}", "ServerError")
+
+
+def describe(exc: Exception) -> tuple[int, str, str | None]:
+    """The status, message and OpenAI error type the handlers above answer `exc` with (unexpected ones logged)."""
+    if isinstance(exc, GatewayError):
+        return exc.status, str(exc), next((ERROR_TYPES[c] for c in type(exc).__mro__ if c in ERROR_TYPES), None)
+    if isinstance(exc, SessionClosed):
+        return 410, str(exc), "SessionClosedError"
+    if isinstance(exc, (NoReplicaAvailable, ReplicaUnreachable)):
+        return 503, str(exc), "ServiceUnavailableError"
+    if isinstance(exc, UpstreamError):
+        return exc.status, error_message(exc.payload), None
+    logger.error("unexpected error in a stream", exc_info=exc)
+    return 500, f"gateway error: {type(exc).__name__}: {exc}", "ServerError"
 
 
 def register_error_handlers(app: FastAPI) -> None:

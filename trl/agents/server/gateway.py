@@ -44,13 +44,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from . import messages_api, responses_api
-from .errors import ServiceUnavailable, register_error_handlers
-from .protocol import completion_stream, error_response, sse
+from .errors import ServiceUnavailable, describe, register_error_handlers
+from .http1 import Http1Client
+from .protocol import completion_stream, error_response, json_response, sse, stream_error
 from .recording import Recorder, Timeouts
 from .routes import ROUTERS
 from .routing import ReplicaHandle, Router
 from .sessions import Session, SessionStore
-from .upstream import CALL_SECONDS, CALLS, GatewayError, new_session
+from .upstream import CALL_SECONDS, CALLS, UPSTREAM_KEEPALIVE_SECONDS, GatewayError, get_json, new_client
 from .weight_sync import SyncConfig, WeightSync
 
 
@@ -103,7 +104,10 @@ class Gateway:
         self.sessions = SessionStore(config.journal_dir)
         for session in self.sessions:  # reloaded from the journal: back on their replica
             session.replica = self.router.adopt_session(session.session_id, session.replica)
-        self.client: aiohttp.ClientSession | None = None  # created in `start`, inside the server's event loop
+        # created in `start`, inside the server's event loop: the calls of turns, syncs and health checks, and the
+        # pass-through routes' client (aiohttp: any method, headers and streamed answers)
+        self.http: Http1Client | None = None
+        self.client: aiohttp.ClientSession | None = None
         self.renderers = [ReplicaHandle(f"render-{i}", url.rstrip("/")) for i, url in enumerate(config.render_urls)]
         renderer_of = {
             r.name: self.renderers[i % len(self.renderers)] for i, r in enumerate(self.router.replicas)
@@ -117,16 +121,19 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.client = self.recorder.client = self.weights.client = new_session()
+        self.http = self.recorder.client = self.weights.client = new_client()
+        self.client = new_proxy_session()
         await self.check_health()
         if not self.config.max_model_len:
-            replica = self.router.pick()
-            async with self.client.get(f"{replica.url}/v1/models", timeout=aiohttp.ClientTimeout(total=30)) as r:
-                models = await r.json()
+            models = await get_json(self.http, self.router.pick(), "/v1/models", 30)
             self.recorder.max_model_len = int(models["data"][0]["max_model_len"])
 
+    async def close(self) -> None:
+        await self.client.close()
+        await self.http.close()
+
     async def check_health(self) -> None:
-        await self.router.check_health(self.client, extra=self.renderers)
+        await self.router.check_health(self.http, extra=self.renderers)
 
     async def health_loop(self) -> None:
         while True:
@@ -160,10 +167,16 @@ class Gateway:
     async def stream_turn(self, sid: str, body: dict[str, Any], kind: str) -> AsyncIterator[str]:
         """Record one turn of session `sid` and return its server-sent events, sent as the engine samples (chat,
         messages, responses; completions are sent once sampled). Errors before the first event raise here, so a
-        bad request gets an HTTP error, not a broken stream; a client that leaves mid-stream leaves nothing
-        recorded (`Recorder.chat_turn_stream`)."""
+        bad request gets an HTTP error, not a broken stream; later ones end the stream with the API's error event
+        (counted as the HTTP error would be). A client that leaves mid-stream leaves nothing recorded
+        (`Recorder.chat_turn_stream`)."""
         chat = _check_turn(body, kind)
-        events = self._stream_events(sid, body, kind, chat)
+        converter: messages_api.Stream | responses_api.Stream | None = None  # None: OpenAI chunks as they are
+        if kind == "messages":
+            converter = messages_api.Stream()
+        elif kind == "responses":
+            converter = responses_api.Stream(body)
+        events = self._stream_events(sid, body, kind, chat, converter)
         first = await anext(events)
 
         async def all_events() -> AsyncIterator[str]:
@@ -171,13 +184,18 @@ class Gateway:
                 yield first
                 async for event in events:
                     yield event
+            except Exception as exc:  # the 200 is sent: the error can only travel as an event
+                status, message, type_ = describe(exc)
+                self.errors[status] += 1
+                for event in converter.error(status, message) if converter else stream_error(status, message, type_):
+                    yield event
             finally:
                 await events.aclose()
 
         return all_events()
 
     async def _stream_events(
-        self, sid: str, body: dict[str, Any], kind: str, chat: dict[str, Any] | None
+        self, sid: str, body: dict[str, Any], kind: str, chat: dict[str, Any] | None, converter: Any
     ) -> AsyncIterator[str]:
         async with self._recording(sid) as (session, replica, policy):
             if kind == "completion":
@@ -190,11 +208,8 @@ class Gateway:
                     yield sse(chunk)
                 yield "data: [DONE]\n\n"
                 return
-            if kind == "messages":
-                converter = messages_api.Stream()
-            else:
+            if kind == "responses":
                 chat = responses_api.to_chat(body, session.responses)
-                converter = responses_api.Stream(body)
             chat = {**chat, "stream_options": {"continuous_usage_stats": True}}  # the events carry the usage
             async for chunk in self.recorder.chat_turn_stream(session, replica, chat, policy):
                 for event in converter.feed(chunk):
@@ -247,14 +262,14 @@ class Gateway:
             ]
         }
 
-    async def trajectory(self, sid: str) -> JSONResponse:
+    async def trajectory(self, sid: str) -> Response:
         """Session `sid`'s recording, rendered under its lock: never a half-recorded turn (its `Trajectory` shares the
         session's lists, so the JSON is written before the lock is released, not by the route afterwards)."""
         session = self.sessions.get(sid)
         if session is None:
             raise GatewayError(404, f"unknown session {sid[:200]!r}")
         async with session.lock:
-            return JSONResponse(session.trajectory().to_json())
+            return json_response(session.trajectory().to_json())
 
     def delete_session(self, sid: str) -> dict[str, Any]:
         session = self.sessions.delete(sid)
@@ -378,6 +393,13 @@ class Gateway:
         return "\n".join(lines) + "\n"
 
 
+def new_proxy_session() -> aiohttp.ClientSession:
+    """The client of the pass-through routes (no limit on connections; idle connections dropped before the upstream
+    servers drop them, as `upstream.new_client` does)."""
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=UPSTREAM_KEEPALIVE_SECONDS)
+    return aiohttp.ClientSession(connector=connector)
+
+
 def _check_turn(body: dict[str, Any], kind: str) -> dict[str, Any] | None:
     """Refuse what no turn can take, before a session exists (a Responses request is converted later, with its
     session's stored responses); a Messages request's chat request."""
@@ -387,8 +409,10 @@ def _check_turn(body: dict[str, Any], kind: str) -> dict[str, Any] | None:
 
 
 def _token_counts(session: Session) -> tuple[int, int]:
-    """Tokens recorded in `session`, and how many of them were sampled."""
-    return sum(len(s.tokens) for s in session.segments), sum(s.tokens.num_sampled for s in session.segments)
+    """Tokens recorded in `session`, and how many of them were sampled (from the turn records: a pass over the
+    masks would cost a turn time in proportion to its context)."""
+    segments = session.segments
+    return sum(len(s.tokens) for s in segments), sum(t.completion_tokens for s in segments for t in s.turns)
 
 
 @contextlib.asynccontextmanager
@@ -401,7 +425,7 @@ async def lifespan(app: FastAPI):
         yield
     finally:
         task.cancel()
-        await gateway.client.close()
+        await gateway.close()
 
 
 def create_app(config: GatewayConfig) -> FastAPI:

@@ -276,6 +276,11 @@ class Stream:
         self.open = False
         return [_event("content_block_stop", {"index": len(self.blocks) - 1})]
 
+    def error(self, status: int, message: str) -> list[str]:
+        """The event a stream ends with when the turn fails after its first event (the API's `error` event)."""
+        kind = "invalid_request_error" if status < 500 else "overloaded_error" if status == 503 else "api_error"
+        return [_event("error", {"error": {"type": kind, "message": message}})]
+
     def _finish(self, choice: dict[str, Any]) -> list[str]:
         events = [] if self.blocks else self._start({"type": "text", "text": ""})  # the API's empty reply
         events += self._close()

@@ -19,9 +19,10 @@ import typing
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .upstream import encode
 from .weight_sync import SyncError
 
 
@@ -75,11 +76,26 @@ def parse_weights_body(model: type[Body], body: dict[str, Any]) -> Body:
         raise SyncError(400, f"`{name}` is required ({' or '.join(k.__name__ for k in kinds)})") from None
 
 
-def error_response(status: int, message: str, type_: str | None = None, code: Any = None) -> JSONResponse:
-    """`{"error": {"message", "type", "code"}}` with HTTP `status`."""
+def error_body(status: int, message: str, type_: str | None = None, code: Any = None) -> dict[str, Any]:
+    """`{"error": {"message", "type", "code"}}`, the OpenAI API's error."""
     default_type = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError"}.get(status)
-    body = {"error": {"message": message, "type": type_ or default_type or "ServerError", "code": code or status}}
-    return JSONResponse(body, status_code=status)
+    return {"error": {"message": message, "type": type_ or default_type or "ServerError", "code": code or status}}
+
+
+def error_response(status: int, message: str, type_: str | None = None, code: Any = None) -> JSONResponse:
+    """`error_body` with HTTP `status`."""
+    return JSONResponse(error_body(status, message, type_, code), status_code=status)
+
+
+def stream_error(status: int, message: str, type_: str | None = None) -> list[str]:
+    """The end of an OpenAI stream whose turn failed after its first event: the error as an event, then `[DONE]`
+    (as vLLM's own streams end on an error)."""
+    return [sse(error_body(status, message, type_)), "data: [DONE]\n\n"]
+
+
+def json_response(payload: Any) -> Response:
+    """A 200 answer with `payload` as JSON, encoded by msgspec (answers carry token-id lists: see `upstream.py`)."""
+    return Response(encode(payload), media_type="application/json")
 
 
 def sse(payload: dict[str, Any]) -> str:

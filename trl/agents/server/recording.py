@@ -28,20 +28,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from ..trajectory import TurnRecord
 from ..turns import ANCHOR, ANCHOR_CONTENT, Anchor, TemplateError
+from .http1 import Http1Client
 from .routing import ReplicaHandle
 from .sessions import Session, canonical_message, new_messages
-from .upstream import GatewayError, post_json, stream_json
+from .upstream import GatewayError, encode_sorted, post_json, stream_json
 from .weight_sync import Policy
 
 
@@ -87,7 +85,7 @@ class Recorder:
 
     def __init__(
         self,
-        client: aiohttp.ClientSession,
+        client: Http1Client,
         max_model_len: int,
         timeouts: Timeouts | None = None,
         renderer_of: dict[str, ReplicaHandle] | None = None,
@@ -119,7 +117,7 @@ class Recorder:
         derender_body = {
             "generate_response": _without_stop_token(generated, stop_ids),
             "prompt_tokens": len(plan.context),
-            "chat_request": {**body, "stream": False, "stream_options": None},
+            "chat_request": _parser_request(body, stream=False),
         }
         answer = await post_json(
             self.client, self.renderer(replica), "/v1/chat/completions/derender", derender_body, self.timeouts.render
@@ -207,7 +205,7 @@ class Recorder:
             "stream_state": state,
             "prompt_tokens": len(plan.context),
             "prompt_token_ids": header,
-            "chat_request": {**body, "stream": True, "stream_options": None},
+            "chat_request": _parser_request(body, stream=True),
         }
         answer = await post_json(
             self.client, renderer, "/v1/chat/completions/derender", derender, self.timeouts.render
@@ -276,7 +274,7 @@ class Recorder:
     async def _anchor(self, replica: ReplicaHandle, body: dict[str, Any]) -> Anchor:
         """The anchor for this request's template settings, computed once (concurrent callers share the work)."""
         template = {k: body[k] for k in TEMPLATE_FIELDS if k in body}
-        key = json.dumps([body.get("model"), template], sort_keys=True, default=str)
+        key = encode_sorted([body.get("model"), template])  # tools can be kilobytes: msgspec, not json
         task = self._anchors.get(key)
         if task is None or (task.done() and task.exception() is not None):
             task = self._anchors[key] = asyncio.ensure_future(self._compute_anchor(replica, body, template))
@@ -534,6 +532,18 @@ def _usage(context: list[int], sampled: list[int]) -> dict[str, int]:
         "completion_tokens": len(sampled),
         "total_tokens": len(context) + len(sampled),
     }
+
+
+def _parser_request(body: dict[str, Any], stream: bool) -> dict[str, Any]:
+    """The chat request derender parses a reply for: the client's, with its conversation cut to the last message and
+    the earlier assistant tool calls (Kimi K2's parser numbers tool-call ids after them). vLLM's parsers read the
+    tools, tool choice and template settings, not the text of the conversation, and the render server validates
+    whatever it is sent: on every streamed chunk, so the whole history would cost it time in proportion to the
+    context."""
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    calls = [{"role": "assistant", "content": None, "tool_calls": m["tool_calls"]}
+             for m in messages[:-1] if m.get("role") == "assistant" and m.get("tool_calls")]  # fmt: skip
+    return {**body, "messages": calls + messages[-1:], "stream": stream, "stream_options": None}
 
 
 def _rindex(ids: list[int], targets: set[int]) -> int:

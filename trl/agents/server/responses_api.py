@@ -304,6 +304,10 @@ class Stream:
                 events += self._finish(choice["finish_reason"])
         return events
 
+    def error(self, status: int, message: str) -> list[str]:
+        """The event a stream ends with when the turn fails after its first event (the API's `error` event)."""
+        return [self._event("error", code=str(status), message=message, param=None)]
+
     def _event(self, kind: str, **payload: Any) -> str:
         self.sequence += 1
         data = {"type": kind, "sequence_number": self.sequence - 1, **payload}

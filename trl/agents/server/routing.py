@@ -15,7 +15,7 @@ import asyncio
 import zlib
 from dataclasses import dataclass
 
-import aiohttp
+from .http1 import Http1Client
 
 
 TIMEOUTS_TO_DOWN = 3
@@ -98,21 +98,20 @@ class Router:
         """Pick the replica for an unrecorded request."""
         return min(self._healthy(), key=lambda r: r.inflight)
 
-    async def check_health(
-        self, client: aiohttp.ClientSession, timeout: float = 5.0, extra: list[ReplicaHandle] = ()
-    ) -> None:
+    async def check_health(self, client: Http1Client, timeout: float = 5.0, extra: list[ReplicaHandle] = ()) -> None:
         """Poll every replica's (and every `extra` server's) `/health` once and update its state."""
 
         async def check(replica: ReplicaHandle) -> None:
             try:
-                async with client.get(f"{replica.url}/health", timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+                async with client.request("GET", f"{replica.url}/health", None, timeout) as r:
                     status = r.status
-            except asyncio.TimeoutError:
+                    await r.read()
+            except (TimeoutError, asyncio.TimeoutError):
                 replica.slow_checks += 1
                 if replica.slow_checks >= TIMEOUTS_TO_DOWN:
                     replica.mark_down(f"{replica.slow_checks} health checks in a row took over {timeout:.0f} s")
                 return
-            except aiohttp.ClientError as exc:
+            except OSError as exc:
                 replica.mark_down(f"health check failed: {type(exc).__name__}: {exc}")
                 return
             if status == 200:

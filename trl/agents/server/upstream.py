@@ -1,6 +1,7 @@
 """Calls from the gateway to one vLLM server, with a deadline, raising with the server's own error text.
 
-Uses aiohttp: under load httpx's connection-pool bookkeeping was the gateway's main CPU cost.
+Bodies are encoded and answers decoded with msgspec (a dependency of vLLM): for a context of 8k token ids about 0.1
+ms against 1.2 ms for the standard library's `json`. The connections are `http1.Http1Client`'s.
 Not here: choosing the replica (`routing.py`) or what the calls mean (`recording.py`).
 """
 
@@ -8,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
+import msgspec
 
+from .http1 import Http1Client, Response
 from .routing import ReplicaHandle
 
 
@@ -64,16 +65,28 @@ def error_message(payload: Any) -> str:
 UPSTREAM_KEEPALIVE_SECONDS = 2.0
 
 
-def new_session() -> aiohttp.ClientSession:
-    """The HTTP client session the gateway uses for every upstream call (no overall limit on connections; idle
-    connections dropped before the upstream servers drop them)."""
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=UPSTREAM_KEEPALIVE_SECONDS)
-    return aiohttp.ClientSession(connector=connector)
+def new_client() -> Http1Client:
+    """The client the gateway makes its calls to vLLM servers with (no limit on connections; idle connections
+    dropped before the upstream servers drop them)."""
+    return Http1Client(keepalive=UPSTREAM_KEEPALIVE_SECONDS)
 
 
-async def post_json(
-    session: aiohttp.ClientSession, replica: ReplicaHandle, path: str, body: Any, timeout: float
-) -> Any:
+def encode(body: Any) -> bytes:
+    """`body` as JSON bytes (UTF-8; NaN and infinities become null)."""
+    return msgspec.json.encode(body)
+
+
+def encode_sorted(value: Any) -> str:
+    """`value` as JSON text with every object's keys sorted: equal for equal values, whatever their key order."""
+    return msgspec.json.encode(value, order="sorted").decode()
+
+
+def decode(raw: bytes) -> Any:
+    """The JSON value in `raw`; `ValueError` (msgspec's `DecodeError`) when it is not JSON."""
+    return msgspec.json.decode(raw)
+
+
+async def post_json(session: Http1Client, replica: ReplicaHandle, path: str, body: Any, timeout: float) -> Any:
     """POST `body` to `replica` and return its JSON answer.
 
     Raises:
@@ -81,40 +94,40 @@ async def post_json(
         ReplicaUnreachable: no answer within `timeout` (server kept up: it may be busy), or the connection failed
             (server marked down).
     """
-    return await _call(session, replica, "POST", path, json.dumps(body), timeout)
+    return await _call(session, replica, "POST", path, encode(body), timeout)
 
 
 async def stream_json(
-    session: aiohttp.ClientSession, replica: ReplicaHandle, path: str, body: Any, timeout: float
+    session: Http1Client, replica: ReplicaHandle, path: str, body: Any, timeout: float
 ) -> AsyncIterator[dict[str, Any]]:
     """POST `body` to `replica` and yield each JSON object of its server-sent-event answer, up to `data: [DONE]`.
 
     `timeout` bounds the whole stream. Raises as `post_json` does; an error object sent inside the stream raises
     `UpstreamError` with its text. Closing the generator early closes the connection (vLLM then aborts the request).
     """
-    async with _exchange(session, replica, "POST", path, json.dumps(body), timeout) as response:
+    async with _exchange(session, replica, "POST", path, encode(body), timeout) as response:
         if response.status >= 400:
             _answer(await response.read(), response.status, replica)
-        async for line in response.content:
+        async for line in response.lines():
             if not line.startswith(b"data:"):
                 continue
             data = line[5:].strip()
             if data == b"[DONE]":
                 return
-            payload = json.loads(data)
+            payload = decode(data)
             if isinstance(payload, dict) and "error" in payload and "choices" not in payload:
                 status = payload["error"].get("code") if isinstance(payload["error"], dict) else None
                 raise UpstreamError(status if isinstance(status, int) else 500, payload, replica.name)
             yield payload
 
 
-async def get_json(session: aiohttp.ClientSession, replica: ReplicaHandle, path: str, timeout: float) -> Any:
+async def get_json(session: Http1Client, replica: ReplicaHandle, path: str, timeout: float) -> Any:
     """GET `path` from `replica` and return its JSON answer; raises as `post_json` does."""
     return await _call(session, replica, "GET", path, None, timeout)
 
 
 async def _call(
-    session: aiohttp.ClientSession, replica: ReplicaHandle, method: str, path: str, data: str | None, timeout: float
+    session: Http1Client, replica: ReplicaHandle, method: str, path: str, data: bytes | None, timeout: float
 ) -> Any:
     async with _exchange(session, replica, method, path, data, timeout) as response:
         raw = await response.read()
@@ -123,21 +136,18 @@ async def _call(
 
 @contextlib.asynccontextmanager
 async def _exchange(
-    session: aiohttp.ClientSession, replica: ReplicaHandle, method: str, path: str, data: str | None, timeout: float
-) -> AsyncIterator[aiohttp.ClientResponse]:
+    session: Http1Client, replica: ReplicaHandle, method: str, path: str, data: bytes | None, timeout: float
+) -> AsyncIterator[Response]:
     """One request to `replica`, counted in its load and in the per-endpoint times, within `timeout` (reading the
     answer included); a failed connection marks the replica down."""
     replica.inflight += 1
     start = time.perf_counter()
     try:
-        async with session.request(
-            method, f"{replica.url}{path}", data=data, headers={"Content-Type": "application/json"},
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        ) as response:  # fmt: skip
+        async with session.request(method, f"{replica.url}{path}", data, timeout) as response:
             yield response
-    except asyncio.TimeoutError as exc:
+    except (TimeoutError, asyncio.TimeoutError) as exc:
         raise ReplicaUnreachable(replica, f"no answer to {path} within {timeout:.0f} s") from exc
-    except aiohttp.ClientError as exc:
+    except OSError as exc:
         replica.mark_down(f"{type(exc).__name__}: {exc}")
         raise ReplicaUnreachable(replica, f"{type(exc).__name__}: {exc}") from exc
     finally:
@@ -149,7 +159,7 @@ async def _exchange(
 def _answer(raw: bytes, status: int, replica: ReplicaHandle) -> Any:
     """The JSON of an answer; `UpstreamError` with the server's own text for an error status."""
     try:
-        payload = json.loads(raw)
+        payload = decode(raw)
     except ValueError:
         payload = {"error": {"message": raw[:2000].decode(errors="replace") or f"HTTP {status}"}}
     if status >= 400:

@@ -45,8 +45,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import aiohttp
-
+from .http1 import Http1Client
 from .routing import ReplicaHandle, Router
 from .upstream import GatewayError, ReplicaUnreachable, UpstreamError, get_json, post_json
 
@@ -146,7 +145,7 @@ class WeightSync:
         self.backend = backend  # the replicas' weight-transfer backend, when the launcher knows it
         self.version = 0
         self.lora_name: str | None = None
-        self.client: aiohttp.ClientSession | None = None
+        self.client: Http1Client | None = None
         self._ready = asyncio.Event()
         self._ready.set()
         self._active_turns = 0

@@ -6,14 +6,13 @@ Not here: validating what a body holds (the agent's requests are vLLM's to valid
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
 from ..errors import Unauthorized
 from ..protocol import Body, parse_weights_body
-from ..upstream import GatewayError
+from ..upstream import GatewayError, decode
 
 
 if TYPE_CHECKING:
@@ -38,8 +37,8 @@ async def json_object(request: Request) -> dict[str, Any]:
     if len(raw) > limit:
         raise GatewayError(413, f"request body of {len(raw)} bytes exceeds {limit}")
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = decode(raw)
+    except ValueError as exc:  # msgspec's DecodeError: not JSON, or not UTF-8
         raise GatewayError(400, f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise GatewayError(400, "request body must be a JSON object")

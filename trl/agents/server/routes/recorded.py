@@ -10,8 +10,9 @@ Not here: the turn itself (`Gateway.run_turn`, then `recording.py`), unrecorded 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
+from ..protocol import json_response
 from ..sessions import SESSION_ID
 from ..upstream import GatewayError
 from .deps import gateway_of, json_object
@@ -27,7 +28,7 @@ async def recorded_turn(request: Request, sid: str, kind: str) -> Response:
     gateway = gateway_of(request)
     if body.get("stream"):
         return StreamingResponse(await gateway.stream_turn(sid, body, kind), media_type="text/event-stream")
-    return JSONResponse(await gateway.run_turn(sid, body, kind))
+    return json_response(await gateway.run_turn(sid, body, kind))
 
 
 @router.post("/sessions/{sid}/v1/chat/completions")
