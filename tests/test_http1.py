@@ -159,3 +159,36 @@ def test_a_refused_connection_is_an_os_error():
             await post(Http1Client(), f"http://127.0.0.1:{port}/x", {})
 
     run(main())
+
+
+def test_a_kept_connection_closed_before_answering_is_retried_once_on_a_new_one():
+    """The server's idle timeout can close a kept connection just as a request goes out on it: the server read
+    nothing, so the request is sent again on a new connection (once), instead of failing the turn."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    answer = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n{"ok": %d}'
+    requests: list[bytes] = []
+
+    def serve():
+        first, _ = listener.accept()
+        requests.append(first.recv(65536))
+        first.sendall(answer % 1)
+        requests.append(first.recv(65536))  # the second request, on the kept connection: dropped unanswered
+        first.close()
+        second, _ = listener.accept()
+        requests.append(second.recv(65536))
+        second.sendall(answer % 2)
+        second.close()
+        listener.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/x"
+
+    async def main():
+        client = Http1Client()
+        assert await post(client, url, {"n": 1}) == (200, {"ok": 1})
+        assert await post(client, url, {"n": 2}) == (200, {"ok": 2})
+
+    run(main())
+    thread.join(5)
+    assert [decode(r.split(b"\r\n\r\n", 1)[1]) for r in requests] == [{"n": 1}, {"n": 2}, {"n": 2}]

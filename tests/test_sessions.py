@@ -161,3 +161,12 @@ def test_a_journal_of_an_older_version_matches_the_same_messages(tmp_path):
     reloaded = SessionStore(tmp_path).get("ep-old")
     assert reloaded.current.messages == [canonical_message(m) for m in messages]
     assert new_messages(reloaded.current.messages, [*messages, {"role": "user", "content": "next"}]) is not None
+
+
+@pytest.mark.parametrize("arguments", ['{"x": "\\ud800"}', '{"x": NaN}', "not json", '{"x": "\ud800"}'])
+def test_tool_call_arguments_json_cannot_spell_back_are_compared_as_text(arguments):
+    """A lone surrogate or NaN in a tool call's arguments (a model can sample them) must not fail the turn: such
+    arguments are compared as the text they are, and equal arguments still match."""
+    message = {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", "arguments": arguments}}]}
+    echoed = {"tool_calls": [{"id": "c1", "function": {"arguments": arguments, "name": "f"}}], "role": "assistant"}
+    assert canonical_message(message) == canonical_message(echoed)

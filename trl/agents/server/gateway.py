@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -55,6 +56,9 @@ from .upstream import CALL_SECONDS, CALLS, UPSTREAM_KEEPALIVE_SECONDS, GatewayEr
 from .weight_sync import SyncConfig, WeightSync
 
 
+logger = logging.getLogger("trl.agents.gateway")
+# The events that end each API's stream: an error after one of them is logged, not sent.
+FINAL_EVENTS = ("data: [DONE]", "event: message_stop", "event: response.completed", "event: response.incomplete")
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 
 
@@ -180,13 +184,17 @@ class Gateway:
         first = await anext(events)
 
         async def all_events() -> AsyncIterator[str]:
+            last = first
             try:
                 yield first
-                async for event in events:
-                    yield event
+                async for last in events:
+                    yield last
             except Exception as exc:  # the 200 is sent: the error can only travel as an event
                 status, message, type_ = describe(exc)
                 self.errors[status] += 1
+                if last.startswith(FINAL_EVENTS):  # the client has its whole answer (saving the session failed)
+                    logger.error("session %s: %s after its stream ended", sid, message)
+                    return
                 for event in converter.error(status, message) if converter else stream_error(status, message, type_):
                     yield event
             finally:

@@ -7,8 +7,9 @@ one request with a body of bytes, and parses the answer with `httptools` (uvicor
 chunked bodies), read whole (`Response.read`) or line by line as it arrives (`Response.lines`, for server-sent
 events). Every wait has the call's deadline.
 
-Not here: TLS client certificates, proxies, redirects, cookies, compression, HTTP/2 (the servers are vLLM's own
-uvicorn servers at URLs the gateway was given); what the calls mean and their errors (`upstream.py`); the gateway's
+Not here: TLS client certificates, proxies, redirects, cookies, compression, HTTP/2, answers whose body ends only
+when the connection closes (the servers are vLLM's own uvicorn servers at URLs the gateway was given: their answers
+carry a Content-Length or are chunked); what the calls mean and their errors (`upstream.py`); the gateway's
 pass-through routes (aiohttp, `gateway.py`).
 """
 
@@ -54,13 +55,14 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.status = 0
         self.body: list[bytes] = []
-        self.headers_done = self.complete = self.keep_alive = False
+        self.headers_done = self.complete = self.keep_alive = self.answered = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        self.answered = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -84,6 +86,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+        self.idle_since = time.monotonic()  # the server's idle timer starts now, not when the caller lets go
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -141,14 +144,17 @@ class Response:
 
     async def lines(self) -> AsyncIterator[bytes]:
         """The body line by line (each without its line break), as the lines arrive."""
-        rest = b""
+        pending: list[bytes] = []  # the start of a line whose end has not arrived
         async for piece in self.chunks():
-            rest += piece
-            *lines, rest = rest.split(b"\n")
+            if b"\n" not in piece:
+                pending.append(piece)
+                continue
+            *lines, rest = (b"".join(pending) + piece).split(b"\n")
+            pending = [rest] if rest else []
             for line in lines:
                 yield line.rstrip(b"\r")
-        if rest:
-            yield rest.rstrip(b"\r")
+        if pending:
+            yield b"".join(pending).rstrip(b"\r")
 
 
 class Http1Client:
@@ -165,36 +171,51 @@ class Http1Client:
         """Send one request and yield its `Response` once the status line and headers have arrived.
 
         Raises `TimeoutError` when no answer (or no more of it) comes within `timeout` seconds of the call,
-        `OSError` (`ConnectionError`, `HttpProtocolError`) when the connection fails. The connection goes back to
-        the pool only when the answer was read to its end.
+        `OSError` (`ConnectionError`, `HttpProtocolError`) when the connection fails. A kept connection that the
+        server closed before answering (its idle timeout, racing the request) is retried once on a new one: the
+        server read nothing from it. The connection goes back to the pool only when the answer was read to its end.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         server, target, host = _target(url)
-        connection = await self._connect(server, deadline)
+        head = b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), target.encode(), host)
+        if body is not None:
+            head += b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+        connection, kept = await self._connect(server, deadline)
         try:
-            head = b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), target.encode(), host)
-            if body is not None:
-                head += b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
-            connection.transport.writelines([head, b"\r\n", body or b""])
-            while not connection.headers_done:
-                await connection.wait(deadline)
+            try:
+                await self._send(connection, [head, b"\r\n", body or b""], deadline)
+            except HttpProtocolError:
+                if not kept or connection.answered:
+                    raise
+                connection.transport.abort()
+                connection, _ = await self._connect(server, deadline, fresh=True)
+                await self._send(connection, [head, b"\r\n", body or b""], deadline)
             yield Response(connection, deadline)
         finally:
             if connection.reusable():
                 connection.reset()
-                connection.idle_since = time.monotonic()
                 self._idle.setdefault(server, []).append(connection)
             else:
-                connection.transport.close()
+                connection.transport.abort()  # not close(): a server that reads nothing must still see us leave
 
-    async def _connect(self, server: tuple[str, str, int], deadline: float) -> _Connection:
+    @staticmethod
+    async def _send(connection: _Connection, data: list[bytes], deadline: float) -> None:
+        """Write the request and wait for the answer's headers."""
+        connection.transport.writelines(data)
+        while not connection.headers_done:
+            await connection.wait(deadline)
+
+    async def _connect(
+        self, server: tuple[str, str, int], deadline: float, fresh: bool = False
+    ) -> tuple[_Connection, bool]:
+        """A connection to `server`, and whether it was kept from an earlier request."""
         idle = self._idle.get(server)
         now = time.monotonic()
-        while idle:
+        while idle and not fresh:
             connection = idle.pop()  # the most recently used first
             if connection.lost is None and now - connection.idle_since < self.keepalive:
-                return connection
+                return connection, True
             connection.transport.close()
         scheme, host, port = server
         loop = asyncio.get_running_loop()
@@ -202,7 +223,7 @@ class Http1Client:
             self._ssl = ssl.create_default_context()
         connect = loop.create_connection(_Connection, host, port, ssl=self._ssl if scheme == "https" else None)
         _, connection = await asyncio.wait_for(connect, max(0.0, deadline - loop.time()))
-        return connection
+        return connection, False
 
     async def close(self) -> None:
         """Close every idle connection."""

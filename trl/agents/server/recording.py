@@ -145,6 +145,7 @@ class Recorder:
         renderer = self.renderer(replica)
         # the parser needs the prompt only to tell whether it leaves reasoning open: the text of this turn's header
         header = plan.context[_rindex(plan.context, stop_ids) + 1 :]
+        parser_request = _parser_request(body, stream=True)
         sampled: list[int] = []
         logprobs: list[float] = []
         reply = _Reply(plan.rendered["sampling_params"])
@@ -160,7 +161,8 @@ class Recorder:
             sampled += ids
             logprobs += [entry["logprob"] for entry in entries]
             finish = choice.get("finish_reason")
-            chunk, state = await self._derender_chunk(renderer, engine_chunk, state, plan, header, body, stop_ids)
+            chunk, state = await self._derender_chunk(renderer, engine_chunk, state, plan, header, body, stop_ids,
+                                                      parser_request)  # fmt: skip
             for out in chunk.get("choices") or []:
                 reply.add(out)
                 if body.get("return_token_ids"):
@@ -188,6 +190,7 @@ class Recorder:
         header: list[int],
         body: dict[str, Any],
         stop_ids: set[int],
+        parser_request: dict[str, Any],
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """One engine chunk as a `chat.completion.chunk`, and the derender state to send with the next one."""
         choice = engine_chunk["choices"][0]
@@ -205,7 +208,7 @@ class Recorder:
             "stream_state": state,
             "prompt_tokens": len(plan.context),
             "prompt_token_ids": header,
-            "chat_request": _parser_request(body, stream=True),
+            "chat_request": parser_request,
         }
         answer = await post_json(
             self.client, renderer, "/v1/chat/completions/derender", derender, self.timeouts.render

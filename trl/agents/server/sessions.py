@@ -38,7 +38,7 @@ from typing import Any
 from .. import journal
 from ..journal import JournalFile
 from ..trajectory import SegmentRecord, Trajectory
-from .upstream import encode_sorted
+from .upstream import decode, encode_sorted
 
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -111,10 +111,12 @@ def _text(content: Any) -> str:
 
 
 def _arguments(arguments: Any) -> Any:
+    """Tool-call arguments parsed when they are JSON (so that spacing and key order do not matter), else as sent.
+    msgspec's parser: it refuses what it could not write back (NaN, lone surrogates), which then stay text."""
     if isinstance(arguments, str):
         try:
-            return json.loads(arguments)
-        except json.JSONDecodeError:
+            return decode(arguments.encode("utf-8", "surrogatepass"))
+        except ValueError:
             return arguments
     return arguments
 
@@ -137,7 +139,10 @@ def canonical_message(message: dict[str, Any]) -> str:
             [call.get("function", {}).get("name"), _arguments(call.get("function", {}).get("arguments"))]
             for call in calls
         ]
-    return encode_sorted(canonical)  # msgspec: 10x json.dumps' speed on long messages
+    try:
+        return encode_sorted(canonical)  # msgspec: 10x json.dumps' speed on long messages
+    except UnicodeEncodeError:  # a lone surrogate (only Python callers can pass one; JSON bodies are refused)
+        return json.dumps(canonical, sort_keys=True)
 
 
 def _recanonical(text: str) -> str:

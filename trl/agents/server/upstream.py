@@ -113,6 +113,7 @@ async def stream_json(
                 continue
             data = line[5:].strip()
             if data == b"[DONE]":
+                await response.read()  # the body's last chunk: read, the connection can be kept
                 return
             payload = decode(data)
             if isinstance(payload, dict) and "error" in payload and "choices" not in payload:
