@@ -71,19 +71,9 @@ def _gateway(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
-def _refusal(type_: str | None):
-    async def handler(request: Request, exc: GatewayError) -> JSONResponse:
-        return _gateway(request).fail(exc.status, str(exc), type_)
-
-    return handler
-
-
-async def _unavailable(request: Request, exc: NoReplicaAvailable | ReplicaUnreachable) -> JSONResponse:
-    return _gateway(request).fail(503, str(exc), "ServiceUnavailableError")
-
-
-async def _closed(request: Request, exc: SessionClosed) -> JSONResponse:
-    return _gateway(request).fail(410, str(exc), "SessionClosedError")
+async def _refusal(request: Request, exc: Exception) -> JSONResponse:
+    """The gateway's own refusals and failures, as `describe` maps them."""
+    return _gateway(request).fail(*describe(exc, f"{request.method} {request.url.path}"))
 
 
 async def _upstream(request: Request, exc: UpstreamError) -> JSONResponse:
@@ -99,13 +89,10 @@ async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     return _gateway(request).fail(exc.status_code, str(exc.detail))
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unexpected error on %s %s", request.method, request.url.path)
-    return _gateway(request).fail(500, f"gateway error: {type(exc).__name__}: {exc}", "ServerError")
-
-
-def describe(exc: Exception) -> tuple[int, str, str | None]:
-    """The status, message and OpenAI error type the handlers above answer `exc` with (unexpected ones logged)."""
+def describe(exc: Exception, where: str = "a stream") -> tuple[int, str, str | None]:
+    """The status, message and OpenAI error type of `exc` (see the module docstring); unexpected ones are logged
+    with their traceback, naming `where` they happened. vLLM's errors (`UpstreamError`) keep vLLM's message; as an
+    HTTP answer they are passed on whole (`_upstream`)."""
     if isinstance(exc, GatewayError):
         return exc.status, str(exc), next((ERROR_TYPES[c] for c in type(exc).__mro__ if c in ERROR_TYPES), None)
     if isinstance(exc, SessionClosed):
@@ -114,18 +101,15 @@ def describe(exc: Exception) -> tuple[int, str, str | None]:
         return 503, str(exc), "ServiceUnavailableError"
     if isinstance(exc, UpstreamError):
         return exc.status, error_message(exc.payload), None
-    logger.error("unexpected error in a stream", exc_info=exc)
+    logger.error("unexpected error on %s", where, exc_info=exc)
     return 500, f"gateway error: {type(exc).__name__}: {exc}", "ServerError"
 
 
 def register_error_handlers(app: FastAPI) -> None:
     """Map every exception above to its response on `app` (whose `state.gateway` counts them)."""
-    for exc_class, type_ in ERROR_TYPES.items():
-        app.add_exception_handler(exc_class, _refusal(type_))
-    app.add_exception_handler(NoReplicaAvailable, _unavailable)
-    app.add_exception_handler(ReplicaUnreachable, _unavailable)
-    app.add_exception_handler(SessionClosed, _closed)
+    for exc_class in [*ERROR_TYPES, SessionClosed, NoReplicaAvailable, ReplicaUnreachable]:
+        app.add_exception_handler(exc_class, _refusal)
     app.add_exception_handler(UpstreamError, _upstream)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
-    app.add_exception_handler(Exception, _unexpected)  # Starlette re-raises it after answering, for the server log
+    app.add_exception_handler(Exception, _refusal)  # Starlette re-raises it after answering, for the server log

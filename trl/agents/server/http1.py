@@ -181,16 +181,17 @@ class Http1Client:
         head = b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), target.encode(), host)
         if body is not None:
             head += b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+        data = [head, b"\r\n", body or b""]
         connection, kept = await self._connect(server, deadline)
         try:
             try:
-                await self._send(connection, [head, b"\r\n", body or b""], deadline)
+                await self._send(connection, data, deadline)
             except HttpProtocolError:
                 if not kept or connection.answered:
                     raise
                 connection.transport.abort()
                 connection, _ = await self._connect(server, deadline, fresh=True)
-                await self._send(connection, [head, b"\r\n", body or b""], deadline)
+                await self._send(connection, data, deadline)
             yield Response(connection, deadline)
         finally:
             if connection.reusable():
