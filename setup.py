@@ -43,5 +43,6 @@ setup(
         "console_scripts": ["trl=trl.agents.cli:main"],
         # vLLM calls these in every process it starts: registers the CPU weight-transfer backend
         "vllm.general_plugins": ["trl_agents_shm = trl.agents.weights.shm:register"],
+        "vllm.endpoint_plugins": ["trl_agents_derender = trl.agents.server.stream_derender:Plugin"],
     },
 )
