@@ -242,9 +242,14 @@ class VLLMReplica(ServerProcess):
 
 
 class RenderServer(ServerProcess):
-    """vLLM's engine-less server for chat rendering and output parsing (`vllm launch render`)."""
+    """vLLM's engine-less server for chat rendering and output parsing (`vllm launch render`), with this package's
+    endpoint plugin (`stream_derender.py`: a streaming derender without replays) allowlisted."""
 
     entry = ("vllm.entrypoints.launchers.render.entry",)
+
+    def start(self) -> None:
+        self.env.setdefault("VLLM_PLUGINS", "trl_agents_derender")
+        super().start()
 
 
 class ServeAsyncProcess(ServerProcess):

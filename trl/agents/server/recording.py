@@ -39,7 +39,7 @@ from ..turns import ANCHOR, ANCHOR_CONTENT, Anchor, TemplateError
 from .http1 import Http1Client
 from .routing import ReplicaHandle
 from .sessions import Session, canonical_message, new_messages
-from .upstream import GatewayError, encode_sorted, post_json, stream_json
+from .upstream import GatewayError, UpstreamError, encode_sorted, post_json, stream_json
 from .weight_sync import Policy
 
 
@@ -53,6 +53,10 @@ SAMPLING_FIELDS = (
 )  # fmt: skip
 # Request fields that change how the template renders (everything else is sampling or response shape).
 TEMPLATE_FIELDS = ("tools", "chat_template", "chat_template_kwargs", "documents", "add_special_tokens")
+
+
+# `stream_derender.py`'s route on render servers started with the plugin: one parser per stream, no replays
+STATEFUL_DERENDER = "/trl/v1/chat/completions/derender_stream"
 
 
 class TurnError(GatewayError):
@@ -95,6 +99,7 @@ class Recorder:
         self.timeouts = timeouts or Timeouts()
         self._renderer_of = renderer_of or {}
         self._anchors: dict[str, asyncio.Task] = {}
+        self._no_stateful_derender: set[str] = set()  # render servers that lack `stream_derender`'s route
         self.forks_by_reason: dict[str, int] = {}
 
     def renderer(self, replica: ReplicaHandle) -> ReplicaHandle:
@@ -199,12 +204,22 @@ class Recorder:
         shown = ids[:-1] if choice.get("finish_reason") == "stop" and ids and ids[-1] in stop_ids else ids
         entries = (choice.get("logprobs") or {}).get("content") or []
         shown_logprobs = {"content": entries[: len(shown)]} if body.get("logprobs") else None
+        generate_chunk = {**engine_chunk, "choices": [{**choice, "token_ids": shown, "logprobs": shown_logprobs}]}
+        if (state is None or "stream_id" in state) and renderer.name not in self._no_stateful_derender:
+            sid, position = (state["stream_id"], state["position"]) if state else (uuid.uuid4().hex, 0)
+            stateful = {"stream_id": sid, "position": position, "generate_chunk": generate_chunk,
+                        "chat_request": parser_request if position == 0 else None, "prompt_token_ids": header,
+                        "model": body.get("model")}  # fmt: skip
+            try:
+                answer = await post_json(self.client, renderer, STATEFUL_DERENDER, stateful, self.timeouts.render)
+                return answer["chunk"], {"stream_id": sid, "position": position + len(shown)}
+            except UpstreamError as exc:
+                if exc.status != 404 or state is not None:
+                    raise
+                self._no_stateful_derender.add(renderer.name)  # a render server without the plugin: vLLM's route
         derender = {
             "stream": True,
-            "generate_chunk": {
-                **engine_chunk,
-                "choices": [{**choice, "token_ids": shown, "logprobs": shown_logprobs}],
-            },
+            "generate_chunk": generate_chunk,
             "stream_state": state,
             "prompt_tokens": len(plan.context),
             "prompt_token_ids": header,

@@ -48,12 +48,12 @@ def _new_stream(derenderer: Any, chat_request: Any) -> _Stream:
 
 def _feed(derenderer: Any, stream: _Stream, chunk: Any, prompt_token_ids: list[int], model: str) -> dict:
     """One engine chunk through the stream's parser: the `chat.completion.chunk` to send."""
+    from vllm.entrypoints.generate.base.protocol import DeltaMessage
     from vllm.entrypoints.openai.chat_completion.protocol import (
         ChatCompletionNamedToolChoiceParam,
         ChatCompletionResponseStreamChoice,
         ChatCompletionStreamResponse,
     )
-    from vllm.entrypoints.generate.base.protocol import DeltaMessage
     from vllm.entrypoints.serve.utils.tool_calls_utils import maybe_filter_parallel_tool_calls
 
     choices = []
@@ -65,7 +65,9 @@ def _feed(derenderer: Any, stream: _Stream, chunk: Any, prompt_token_ids: list[i
             text = ""
             if ids:
                 tokenizer = derenderer.renderer.get_tokenizer()
-                text, stream.detok = derenderer._detokenize_delta(tokenizer, ids, stream.detok, skip_special_tokens=False)
+                text, stream.detok = derenderer._detokenize_delta(
+                    tokenizer, ids, stream.detok, skip_special_tokens=False
+                )
             delta = stream.parser.parse_delta(text, ids, stream.chat_request, prompt_token_ids=prompt_token_ids,
                                               finished=finished)  # fmt: skip
         stream.position += len(ids)
@@ -102,8 +104,8 @@ async def derender_stream(request: Request) -> JSONResponse:
     if stream is None or stream.position != body.get("position", 0):
         return JSONResponse({"error": {"message": f"unknown stream {sid!r} or out of step", "code": 409}}, 409)
     chunk = GenerateStreamResponse.model_validate(body["generate_chunk"])
-    model = body.get("model") or state.openai_serving_models.model_name() if hasattr(state, "openai_serving_models") else ""
-    answer = _feed(derenderer, stream, chunk, body.get("prompt_token_ids") or [], model or chunk.model or "")
+    model = body.get("model") or getattr(chunk, "model", None) or ""
+    answer = _feed(derenderer, stream, chunk, body.get("prompt_token_ids") or [], model)
     stream.last_used = time.monotonic()
     if any(c.finish_reason is not None for c in chunk.choices):
         streams.pop(sid, None)
