@@ -66,3 +66,10 @@ def sampled_runs(segment: dict) -> list[list[int]]:
             runs.append(current)
             current = []
     return runs + ([current] if current else [])
+
+
+def upstream_calls(url: str) -> dict[str, float]:
+    """The gateway's calls to its replicas and render servers so far, by path (its `/metrics`)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    found = re.finditer(r'^trl_agents_upstream_calls_total\{path="([^"]+)"\} (\S+)', text, re.M)
+    return {m[1]: float(m[2]) for m in found}

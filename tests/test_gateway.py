@@ -14,8 +14,8 @@ import litellm
 import openai
 import pytest
 
-from tests.helpers import AUTH, FORCE, TOOLS, sampled_runs, trajectory
-from trl.agents.server.recording import cut_at_stop_string
+from tests.helpers import AUTH, FORCE, TOOLS, sampled_runs, trajectory, upstream_calls
+from trl.agents.server.recording import STATEFUL_DERENDER, cut_at_stop_string
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,7 @@ def test_openai_chat_with_tools_streaming_and_not(gateway, tiny_model_dir):
     assert json.loads(message.tool_calls[0].function.arguments) == {"command": "ls", "all": True}
     messages += [message.model_dump(exclude_none=True), {"role": "tool", "tool_call_id": "1", "content": "a.py"}]
 
+    before = upstream_calls(gateway.url)
     stream = client.chat.completions.create(
         model=tiny_model_dir,
         messages=messages,
@@ -59,6 +60,10 @@ def test_openai_chat_with_tools_streaming_and_not(gateway, tiny_model_dir):
     assert json.loads(arguments) == {"command": "ls", "all": True}
     assert chunks[-1].usage.completion_tokens > 0
     assert trajectory(gateway, "openai-tools")["forks"] == 0
+    # derendered by the render server's plugin (one parser per stream), at most one call per engine chunk
+    calls = {path: n - before.get(path, 0) for path, n in upstream_calls(gateway.url).items()}
+    assert 1 <= calls[STATEFUL_DERENDER] <= len(chunks) - 1  # the usage chunk is the gateway's own
+    assert calls.get("/v1/chat/completions/derender", 0) == 0
 
 
 def test_a_streamed_turn_leaves_as_it_is_sampled_and_is_recorded_exactly(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -15,6 +16,9 @@ import trl.agents
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = "import trl, trl.agents, trl.trainer; print(trl.__file__); print(trl.agents.__file__); print(trl.__version__)"
+PLUGINS = (
+    "import importlib.metadata as m; print(sorted(e.value for e in m.entry_points(group='vllm.endpoint_plugins')))"
+)
 
 
 def test_editable_install_resolves_agents_to_the_source_tree():
@@ -45,7 +49,12 @@ def test_regular_install_into_a_fresh_venv(tmp_path):
     Path(purelib, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     # Upstream first, then this project, the order pip uses when it resolves trl as our dependency: the `trl`
     # console script is then ours (both distributions declare it; the last one installed wins).
-    for target in (f"trl=={trl.__version__}", str(ROOT)):
+    # From a copy: a build in the source tree leaves an egg-info there that Python finds first from that directory
+    # (stale entry points, once setup.py changes)
+    source = tmp_path / "source"
+    skip = (".venv", ".git", "runs", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache")
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*skip))
+    for target in (f"trl=={trl.__version__}", str(source)):
         install = subprocess.run(
             [str(python), "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", target],
             capture_output=True, text=True, timeout=600,
@@ -58,5 +67,7 @@ def test_regular_install_into_a_fresh_venv(tmp_path):
     assert Path(trl_file).parent == Path(purelib) / "trl"
     assert Path(agents_file).parent == Path(purelib) / "trl" / "agents"
     assert (Path(purelib) / "trl" / "agents" / "templates" / "qwen3_like.jinja").is_file()
+    plugins = subprocess.run([str(python), "-c", PLUGINS], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "trl.agents.server.stream_derender:Plugin" in plugins.stdout, plugins.stderr
     help_text = subprocess.run([str(venv / "bin" / "trl"), "--help"], capture_output=True, text=True, timeout=120)
     assert "vllm-serve-async" in help_text.stdout, help_text.stderr

@@ -17,8 +17,9 @@ replica when there is none), generation on the session's replica (started with `
 
 Only when all three succeed is the turn recorded, so a failed request never leaves half a turn behind.
 
-Streamed turns (`chat_turn_stream`) generate with `stream: true` and derender each engine chunk with the render
-server's stateless streaming derender; the turn is recorded once its last chunk has been derendered.
+Streamed turns (`chat_turn_stream`) generate with `stream: true` and derender the engine's chunks as they come, on the
+render server's stateful streaming route (`stream_derender.py`, a vLLM endpoint plugin) or, where it is missing, vLLM's
+stateless one; the turn is recorded once its last chunk has been derendered.
 
 Not here: routing, HTTP routes, server-sent events (see `gateway.py`, `protocol.py`, `messages_api.py`,
 `responses_api.py`).
@@ -39,6 +40,7 @@ from ..turns import ANCHOR, ANCHOR_CONTENT, Anchor, TemplateError
 from .http1 import Http1Client
 from .routing import ReplicaHandle
 from .sessions import Session, canonical_message, new_messages
+from .stream_derender import ROUTE as STATEFUL_DERENDER
 from .upstream import GatewayError, UpstreamError, encode_sorted, post_json, stream_json
 from .weight_sync import Policy
 
@@ -53,10 +55,6 @@ SAMPLING_FIELDS = (
 )  # fmt: skip
 # Request fields that change how the template renders (everything else is sampling or response shape).
 TEMPLATE_FIELDS = ("tools", "chat_template", "chat_template_kwargs", "documents", "add_special_tokens")
-
-
-# `stream_derender.py`'s route on render servers started with the plugin: one parser per stream, no replays
-STATEFUL_DERENDER = "/trl/v1/chat/completions/derender_stream"
 
 
 class TurnError(GatewayError):
@@ -138,97 +136,52 @@ class Recorder:
     ) -> AsyncIterator[dict[str, Any]]:
         """Run one chat turn of `session` and yield its `chat.completion.chunk`s as the engine samples them.
 
-        The engine's token stream is derendered by the render server's stateless streaming derender, one engine chunk
-        per call (see `_buffered` for why they are not merged).
-        The turn is recorded once its last engine chunk has been derendered, before the last chunk is yielded; a
-        stream closed earlier (the client left) aborts the request in the engine (if still running) and records
-        nothing. The session lock and the weight gate are held until then (`Gateway._recording`).
+        The engine's chunks are derendered by the render server (`_StreamDerender`), the chunks that queued up during
+        a call together in the next one. The turn is recorded once its last engine chunk has been derendered, before
+        the last chunk is yielded; a stream closed earlier (the client left) aborts the request in the engine (if
+        still running) and records nothing. The session lock and the weight gate are held until then
+        (`Gateway._recording`).
         """
         plan = await self._plan_chat(session, replica, body)
         stop_ids = await self._stop_ids(replica, body, plan.rendered)
         request = self._generate_request(session, plan.context, plan.rendered, body, policy)
-        renderer = self.renderer(replica)
-        # the parser needs the prompt only to tell whether it leaves reasoning open: the text of this turn's header
-        header = plan.context[_rindex(plan.context, stop_ids) + 1 :]
-        parser_request = _parser_request(body, stream=True)
+        derender = _StreamDerender(self, self.renderer(replica), plan, body, stop_ids)
         sampled: list[int] = []
         logprobs: list[float] = []
         reply = _Reply(plan.rendered["sampling_params"])
-        state = finish = None
+        finish = chunk = None
         started = time.monotonic()
-        async for engine_chunk in _buffered(stream_json(self.client, replica, "/inference/v1/generate",
+        async for engine_chunks in _batched(stream_json(self.client, replica, "/inference/v1/generate",
                                                    {**request, "stream": True}, self.timeouts.generate)):  # fmt: skip
-            choice = engine_chunk["choices"][0]
-            ids = choice.get("token_ids") or []
-            entries = (choice.get("logprobs") or {}).get("content") or []
-            if len(entries) != len(ids):
-                raise TurnError(502, f"{replica.name} streamed {len(ids)} tokens but {len(entries)} logprobs")
-            sampled += ids
-            logprobs += [entry["logprob"] for entry in entries]
-            finish = choice.get("finish_reason")
-            chunk, state = await self._derender_chunk(renderer, engine_chunk, state, plan, header, body, stop_ids,
-                                                      parser_request)  # fmt: skip
-            for out in chunk.get("choices") or []:
-                reply.add(out)
-                if body.get("return_token_ids"):
-                    out["token_ids"] = ids
-            if body.get("return_token_ids") and len(sampled) == len(ids):
-                chunk["prompt_token_ids"] = plan.context
-            if (body.get("stream_options") or {}).get("continuous_usage_stats"):
-                chunk["usage"] = _usage(plan.context, sampled)
-            if finish is not None:
-                self._record_chat(session, plan, sampled, logprobs, reply.message(), reply.finish_reason or finish,
-                                  policy, time.monotonic() - started)  # fmt: skip
-            yield chunk
-        if finish is None:
+            for engine_chunk in engine_chunks:
+                choice = engine_chunk["choices"][0]
+                ids = choice.get("token_ids") or []
+                if len((choice.get("logprobs") or {}).get("content") or []) != len(ids):
+                    raise TurnError(502, f"{replica.name} streamed {len(ids)} tokens without a logprob for each")
+            for engine_chunk, chunk in zip(engine_chunks, await derender.chunks(engine_chunks), strict=True):
+                choice = engine_chunk["choices"][0]
+                ids = choice.get("token_ids") or []
+                first = not sampled
+                sampled += ids
+                logprobs += [entry["logprob"] for entry in (choice.get("logprobs") or {}).get("content") or []]
+                finish = choice.get("finish_reason")
+                for out in chunk.get("choices") or []:
+                    reply.add(out)
+                    if body.get("return_token_ids"):
+                        out["token_ids"] = ids
+                if body.get("return_token_ids") and first:
+                    chunk["prompt_token_ids"] = plan.context
+                if (body.get("stream_options") or {}).get("continuous_usage_stats"):
+                    chunk["usage"] = _usage(plan.context, sampled)
+                if finish is not None:
+                    self._record_chat(session, plan, sampled, logprobs, reply.message(), reply.finish_reason or finish,
+                                      policy, time.monotonic() - started)  # fmt: skip
+                yield chunk
+        if finish is None or chunk is None:
             raise TurnError(502, f"{replica.name} ended the token stream before the turn finished")
         if (body.get("stream_options") or {}).get("include_usage"):
             yield {"id": chunk.get("id"), "object": "chat.completion.chunk", "created": chunk.get("created"),
                    "model": chunk.get("model"), "choices": [], "usage": _usage(plan.context, sampled)}  # fmt: skip
-
-    async def _derender_chunk(
-        self,
-        renderer: ReplicaHandle,
-        engine_chunk: dict[str, Any],
-        state: dict[str, Any] | None,
-        plan: _ChatPlan,
-        header: list[int],
-        body: dict[str, Any],
-        stop_ids: set[int],
-        parser_request: dict[str, Any],
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """One engine chunk as a `chat.completion.chunk`, and the derender state to send with the next one."""
-        choice = engine_chunk["choices"][0]
-        ids = choice.get("token_ids") or []
-        # the stop token is recorded (the engine sampled it) but not shown, as on the non-streamed route
-        shown = ids[:-1] if choice.get("finish_reason") == "stop" and ids and ids[-1] in stop_ids else ids
-        entries = (choice.get("logprobs") or {}).get("content") or []
-        shown_logprobs = {"content": entries[: len(shown)]} if body.get("logprobs") else None
-        generate_chunk = {**engine_chunk, "choices": [{**choice, "token_ids": shown, "logprobs": shown_logprobs}]}
-        if (state is None or "stream_id" in state) and renderer.name not in self._no_stateful_derender:
-            sid, position = (state["stream_id"], state["position"]) if state else (uuid.uuid4().hex, 0)
-            stateful = {"stream_id": sid, "position": position, "generate_chunk": generate_chunk,
-                        "chat_request": parser_request if position == 0 else None, "prompt_token_ids": header,
-                        "model": body.get("model")}  # fmt: skip
-            try:
-                answer = await post_json(self.client, renderer, STATEFUL_DERENDER, stateful, self.timeouts.render)
-                return answer["chunk"], {"stream_id": sid, "position": position + len(shown)}
-            except UpstreamError as exc:
-                if exc.status != 404 or state is not None:
-                    raise
-                self._no_stateful_derender.add(renderer.name)  # a render server without the plugin: vLLM's route
-        derender = {
-            "stream": True,
-            "generate_chunk": generate_chunk,
-            "stream_state": state,
-            "prompt_tokens": len(plan.context),
-            "prompt_token_ids": header,
-            "chat_request": parser_request,
-        }
-        answer = await post_json(
-            self.client, renderer, "/v1/chat/completions/derender", derender, self.timeouts.render
-        )
-        return answer["chunk"], answer["stream_state"]
 
     async def _plan_chat(self, session: Session, replica: ReplicaHandle, body: dict[str, Any]) -> _ChatPlan:
         """The context of a chat turn: the recorded tokens and the new messages bridged onto them, or (first turn,
@@ -513,10 +466,69 @@ class _Reply:
         return message
 
 
-async def _buffered(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+class _StreamDerender:
+    """The render server's part of one streamed chat turn: engine chunks in, one `chat.completion.chunk` out for each.
+
+    Through `stream_derender.py`'s route (one parser per stream, each chunk parsed once) when the render server has
+    it; on one that answers 404 (started without the plugin: a replica's own server, an older deployment) through
+    vLLM's stateless route, which replays the reply so far on every call, one call per chunk because its parsers must
+    see the engine's steps one at a time (hermes loses the start of a call's arguments when one delta ends the name
+    and starts the arguments)."""
+
+    def __init__(self, recorder: Recorder, renderer: ReplicaHandle, plan: _ChatPlan, body: dict[str, Any],
+                 stop_ids: set[int]):  # fmt: skip
+        self.recorder, self.renderer, self.plan, self.body, self.stop_ids = recorder, renderer, plan, body, stop_ids
+        # the parser needs the prompt only to tell whether it leaves reasoning open: the text of this turn's header
+        self.header = plan.context[_rindex(plan.context, stop_ids) + 1 :]
+        self.parser_request = _parser_request(body, stream=True)
+        self.stateful = renderer.name not in recorder._no_stateful_derender
+        self.stream_id = uuid.uuid4().hex
+        self.position = 0  # output tokens sent to the stateful route
+        self.calls = 0
+        self.state: dict[str, Any] | None = None  # vLLM's route's stream state
+
+    def _shown(self, engine_chunk: dict[str, Any]) -> dict[str, Any]:
+        """The chunk as derendered: the stop token is recorded (the engine sampled it) but not shown, as on the
+        non-streamed route; logprobs only when asked for."""
+        choice = engine_chunk["choices"][0]
+        ids = choice.get("token_ids") or []
+        shown = ids[:-1] if choice.get("finish_reason") == "stop" and ids and ids[-1] in self.stop_ids else ids
+        entries = (choice.get("logprobs") or {}).get("content") or []
+        logprobs = {"content": entries[: len(shown)]} if self.body.get("logprobs") else None
+        return {**engine_chunk, "choices": [{**choice, "token_ids": shown, "logprobs": logprobs}]}
+
+    async def chunks(self, engine_chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        shown = [self._shown(chunk) for chunk in engine_chunks]
+        first, self.calls = self.calls == 0, self.calls + 1
+        recorder, timeout = self.recorder, self.recorder.timeouts.render
+        if self.stateful:
+            request = {"stream_id": self.stream_id, "position": self.position, "generate_chunks": shown,
+                       "model": self.body.get("model")}  # fmt: skip
+            if first:
+                request |= {"chat_request": self.parser_request, "prompt_token_ids": self.header}
+            try:
+                answer = await post_json(recorder.client, self.renderer, STATEFUL_DERENDER, request, timeout)
+                self.position += sum(len(chunk["choices"][0]["token_ids"]) for chunk in shown)
+                return answer["chunks"]
+            except UpstreamError as exc:
+                if exc.status != 404 or not first:
+                    raise
+                recorder._no_stateful_derender.add(self.renderer.name)
+                self.stateful = False
+        out = []
+        for chunk in shown:
+            request = {"stream": True, "generate_chunk": chunk, "stream_state": self.state,
+                       "prompt_tokens": len(self.plan.context), "prompt_token_ids": self.header,
+                       "chat_request": self.parser_request}  # fmt: skip
+            answer = await post_json(recorder.client, self.renderer, "/v1/chat/completions/derender", request, timeout)
+            self.state = answer["stream_state"]
+            out.append(answer["chunk"])
+        return out
+
+
+async def _batched(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[list[dict[str, Any]]]:
     """The engine's stream chunks (those with a choice), read ahead into a queue so the engine never waits for the
-    derender calls. Not merged: vLLM's streaming tool parsers (hermes) lose the start of a call's arguments when one
-    delta holds both the end of its name and the start of its arguments (seen with chunks merged 0.2 s apart)."""
+    derender calls, and handed on in lists: all those that queued up since the last list."""
     queue: asyncio.Queue = asyncio.Queue()
     end = object()
 
@@ -532,12 +544,18 @@ async def _buffered(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict
     reader = asyncio.ensure_future(read())
     try:
         while True:
-            item = await queue.get()
-            if isinstance(item, Exception):
-                raise item
-            if item is end:
+            batch = [await queue.get()]
+            while not queue.empty() and isinstance(batch[-1], dict):
+                batch.append(queue.get_nowait())
+            last = batch[-1]
+            if not isinstance(last, dict):
+                batch.pop()
+            if batch:
+                yield batch
+            if isinstance(last, Exception):
+                raise last
+            if last is end:
                 return
-            yield item
     finally:
         reader.cancel()  # the client left: closing the engine's stream aborts the request there
         with contextlib.suppress(asyncio.CancelledError):

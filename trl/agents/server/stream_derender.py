@@ -1,10 +1,17 @@
-"""WIP (spike, not wired in): a vLLM endpoint plugin that gives the render server a *stateful* streaming derender.
+"""A vLLM endpoint plugin that gives render servers a *stateful* streaming chat derender.
 
-vLLM's `/v1/chat/completions/derender` with `stream: true` rebuilds the tool and reasoning parsers on every call and
-replays the reply so far through them (its state cannot travel with the client), so a reply of n tokens costs
-O(n^2) (RESULTS.md section 7). This plugin keeps one parser and one detokenizer state per stream in the render
-server's memory, keyed by a stream id the gateway picks, and feeds each engine chunk once. It attaches through
-vLLM's `vllm.endpoint_plugins` hook (loaded only when named in `VLLM_PLUGINS`).
+vLLM's `/v1/chat/completions/derender` with `stream: true` is stateless: the tool and reasoning parsers' state cannot
+travel with the client, so every call builds new parsers and replays the reply so far through them. A reply of n
+tokens then costs O(n^2) render-server CPU (RESULTS.md section 7: 55 ms per call at token 500 with hermes + qwen3).
+This plugin keeps one parser and one incremental-detokenizer window per stream in the render server's memory, keyed
+by a stream id the gateway picks, and feeds each engine chunk through them once. A call may carry several engine
+chunks (those that queued up while the previous call was in flight); each still goes to the parser as its own step,
+as in vLLM's own serving, and gets its own `chat.completion.chunk` back.
+
+It attaches through vLLM's `vllm.endpoint_plugins` entry point (setup.py), which vLLM loads only when its name is in
+`VLLM_PLUGINS` (`process.RenderServer` sets it). The gateway falls back to vLLM's stateless route when a render server
+answers 404 (started without the plugin). It is not a general server: streams live in one process's memory, so a
+stream's calls must reach the render server that started it (the gateway pins one render server per replica).
 """
 
 from __future__ import annotations
@@ -17,38 +24,83 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 
+ROUTE = "/trl/v1/chat/completions/derender_stream"
+IDLE_SECONDS = 600.0  # a stream not fed for this long (its client gone) is dropped
 router = APIRouter()
-IDLE_SECONDS = 600.0  # a stream not fed for this long is dropped
+
+
+class _Detokenizer:
+    """vLLM's incremental detokenizer (`detokenize_incrementally`) over a window kept short: text one token at a time,
+    multi-byte characters split over tokens included."""
+
+    def __init__(self, tokenizer: Any, skip_special_tokens: bool):
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self.tokens: list[str] = []
+        self.prefix_offset = self.read_offset = 0
+
+    def text(self, ids: list[int]) -> str:
+        from vllm.tokenizers.detokenizer_utils import detokenize_incrementally
+
+        parts = []
+        for token_id in ids:
+            new, text, self.prefix_offset, self.read_offset = detokenize_incrementally(
+                self.tokenizer, [token_id], self.tokens, self.prefix_offset, self.read_offset,
+                skip_special_tokens=self.skip_special_tokens,
+            )  # fmt: skip
+            self.tokens += new
+            parts.append(text)
+        # nothing before prefix_offset is read again: keep the window short
+        self.tokens = self.tokens[self.prefix_offset :]
+        self.read_offset -= self.prefix_offset
+        self.prefix_offset = 0
+        return "".join(parts)
 
 
 @dataclass
 class _Stream:
-    parser: Any
     chat_request: Any
-    detok: Any  # vLLM's DerenderStreamState, used for its incremental-detokenizer window only
+    parser: Any  # None: the render server has no tool or reasoning parser (plain text, as vLLM's route)
+    detokenizer: _Detokenizer
+    prompt_token_ids: list[int]
     position: int = 0  # output tokens fed so far
     role_sent: bool = False
     tools_streamed: bool = False
     last_used: float = field(default_factory=time.monotonic)
 
 
-def _new_stream(derenderer: Any, chat_request: Any) -> _Stream:
-    from vllm.entrypoints.scale_out.token_in_token_out.protocol import DerenderStreamState
-
+def _new_stream(derenderer: Any, chat_request: Any, prompt_token_ids: list[int]) -> _Stream:
+    tokenizer = derenderer.renderer.get_tokenizer()
+    if derenderer.parser is None:
+        return _Stream(chat_request, None, _Detokenizer(tokenizer, chat_request.skip_special_tokens), prompt_token_ids)
     kwargs: dict[str, Any] = {}
     if not derenderer.use_harmony:
         params = chat_request.build_chat_params(derenderer.chat_template, derenderer.chat_template_content_format)
         kwargs = params.with_defaults(derenderer.default_chat_template_kwargs).chat_template_kwargs
     parser = derenderer.parser(
-        derenderer.renderer.get_tokenizer(), chat_request.tools, chat_template_kwargs=kwargs,
-        model_config=derenderer.model_config,
-    )  # fmt: skip
-    return _Stream(parser, chat_request, DerenderStreamState())
+        tokenizer, chat_request.tools, chat_template_kwargs=kwargs, model_config=derenderer.model_config
+    )
+    # the parsers need special tokens in the text (tool-call and reasoning markers), as in vLLM's own route
+    return _Stream(chat_request, parser, _Detokenizer(tokenizer, False), prompt_token_ids)
 
 
-def _feed(derenderer: Any, stream: _Stream, chunk: Any, prompt_token_ids: list[int], model: str) -> dict:
-    """One engine chunk through the stream's parser: the `chat.completion.chunk` to send."""
+def _delta(stream: _Stream, ids: list[int], finished: bool) -> Any:
+    """One engine step through the stream's detokenizer and parser: its `DeltaMessage`."""
     from vllm.entrypoints.generate.base.protocol import DeltaMessage
+
+    text = stream.detokenizer.text(ids)
+    stream.position += len(ids)
+    if stream.parser is None:
+        return DeltaMessage(content=text or None)
+    if not ids and not finished:
+        return DeltaMessage()
+    request = stream.chat_request
+    delta = stream.parser.parse_delta(text, ids, request, prompt_token_ids=stream.prompt_token_ids, finished=finished)
+    return delta or DeltaMessage()
+
+
+def _chunk(stream: _Stream, engine_chunk: dict[str, Any], model: str) -> dict[str, Any]:
+    """One engine chunk (`/inference/v1/generate`, streamed) as the `chat.completion.chunk` vLLM's route would send."""
     from vllm.entrypoints.openai.chat_completion.protocol import (
         ChatCompletionNamedToolChoiceParam,
         ChatCompletionResponseStreamChoice,
@@ -57,71 +109,78 @@ def _feed(derenderer: Any, stream: _Stream, chunk: Any, prompt_token_ids: list[i
     from vllm.entrypoints.serve.utils.tool_calls_utils import maybe_filter_parallel_tool_calls
 
     choices = []
-    for choice in chunk.choices[:1]:
-        ids = choice.token_ids or []
-        finished = choice.finish_reason is not None
-        delta = None
-        if ids or finished:
-            text = ""
-            if ids:
-                tokenizer = derenderer.renderer.get_tokenizer()
-                text, stream.detok = derenderer._detokenize_delta(
-                    tokenizer, ids, stream.detok, skip_special_tokens=False
-                )
-            delta = stream.parser.parse_delta(text, ids, stream.chat_request, prompt_token_ids=prompt_token_ids,
-                                              finished=finished)  # fmt: skip
-        stream.position += len(ids)
-        delta = delta or DeltaMessage()
+    for choice in (engine_chunk.get("choices") or [])[:1]:
+        finish_reason = choice.get("finish_reason")
+        delta = _delta(stream, choice.get("token_ids") or [], finish_reason is not None)
         stream.tools_streamed |= bool(delta.tool_calls)
         if not stream.role_sent:
             delta.role, stream.role_sent = "assistant", True
-        finish_reason = choice.finish_reason
         named = type(stream.chat_request.tool_choice) is ChatCompletionNamedToolChoiceParam
         if finish_reason is not None and stream.tools_streamed and not named:
             finish_reason = "tool_calls"
-        out = ChatCompletionResponseStreamChoice(index=choice.index, delta=delta, finish_reason=finish_reason)
+        out = ChatCompletionResponseStreamChoice(
+            index=choice.get("index", 0), delta=delta, finish_reason=finish_reason
+        )
         choices.append(maybe_filter_parallel_tool_calls(out, stream.chat_request))
-    response = ChatCompletionStreamResponse(id=chunk.request_id, model=model, choices=choices, metrics=chunk.metrics)
+    response = ChatCompletionStreamResponse(
+        id=engine_chunk.get("request_id") or "", model=model, choices=choices, metrics=engine_chunk.get("metrics")
+    )
     return response.model_dump()
 
 
-@router.post("/trl/v1/chat/completions/derender_stream")
+def _error(status: int, message: str) -> JSONResponse:
+    kind = "NotFoundError" if status == 404 else "BadRequestError" if status == 400 else "ConflictError"
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status)
+
+
+@router.post(ROUTE)
 async def derender_stream(request: Request) -> JSONResponse:
-    """Body: `stream_id`, `position` (output tokens sent before this chunk), `generate_chunk`, `chat_request`
-    (first call only), `prompt_token_ids`. Answers `{"chunk": ...}`; 409 when the stream is unknown or out of step
-    (the caller then falls back to vLLM's own streaming derender)."""
+    """Body: `stream_id`; `position` (output tokens fed before this call); `generate_chunks` (engine chunks, in
+    order); `chat_request` and `prompt_token_ids` (the turn's header: tells the reasoning parser whether the prompt
+    left reasoning open) on the first call; `model`. Answers `{"chunks": [...]}`, one per engine chunk. 409 when the
+    stream is unknown (dropped, or this is another render server) or out of step; the stream is then dropped."""
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-    from vllm.entrypoints.scale_out.token_in_token_out.protocol import GenerateStreamResponse
 
     body = await request.json()
-    state = request.app.state
-    derenderer = state.online_derenderer
-    streams: dict[str, _Stream] = state.trl_streams
-    sid = str(body.get("stream_id"))
+    streams: dict[str, _Stream] = request.app.state.trl_streams
+    sid, position, engine_chunks = body.get("stream_id"), body.get("position"), body.get("generate_chunks")
+    if not isinstance(sid, str) or not isinstance(position, int) or not isinstance(engine_chunks, list):
+        return _error(400, "send stream_id (string), position (integer) and generate_chunks (list)")
+    if position == 0 and sid not in streams:
+        try:
+            chat_request = ChatCompletionRequest.model_validate(body.get("chat_request"))
+        except ValueError as exc:
+            return _error(400, f"chat_request: {exc}")
+        streams[sid] = _new_stream(
+            request.app.state.online_derenderer, chat_request, body.get("prompt_token_ids") or []
+        )
     stream = streams.get(sid)
-    if stream is None and body.get("position", 0) == 0 and body.get("chat_request") is not None:
-        stream = streams[sid] = _new_stream(derenderer, ChatCompletionRequest.model_validate(body["chat_request"]))
-    if stream is None or stream.position != body.get("position", 0):
-        return JSONResponse({"error": {"message": f"unknown stream {sid!r} or out of step", "code": 409}}, 409)
-    chunk = GenerateStreamResponse.model_validate(body["generate_chunk"])
-    model = body.get("model") or getattr(chunk, "model", None) or ""
-    answer = _feed(derenderer, stream, chunk, body.get("prompt_token_ids") or [], model)
-    stream.last_used = time.monotonic()
-    if any(c.finish_reason is not None for c in chunk.choices):
+    if stream is None or stream.position != position:
         streams.pop(sid, None)
-    for old in [k for k, s in streams.items() if time.monotonic() - s.last_used > IDLE_SECONDS]:
+        held = "unknown" if stream is None else f"at output token {stream.position}"
+        return _error(409, f"stream {sid!r} is {held}, the call is at {position}")
+    model = body.get("model") or ""
+    try:
+        chunks = [_chunk(stream, engine_chunk, model) for engine_chunk in engine_chunks]
+    except Exception:
+        streams.pop(sid, None)  # a parser that failed half-way has no state worth keeping
+        raise
+    now = stream.last_used = time.monotonic()
+    if any(c.get("finish_reason") is not None for e in engine_chunks for c in e.get("choices") or []):
+        streams.pop(sid, None)
+    for old in [key for key, s in streams.items() if now - s.last_used > IDLE_SECONDS]:
         streams.pop(old, None)
-    return JSONResponse({"chunk": answer})
+    return JSONResponse({"chunks": chunks})
 
 
 class Plugin:
-    """`vllm.endpoint_plugins` entry: the route above, on render servers."""
+    """The `vllm.endpoint_plugins` entry: the route above, on render servers only."""
 
-    name = "trl_agents_derender"
+    name = "trl_agents_derender"  # as in setup.py and `process.DERENDER_PLUGIN`
     required_tasks = ("render",)
 
     def attach_router(self, app: FastAPI) -> None:
         app.include_router(router)
 
-    async def init_state(self, engine_client, state, args) -> None:
+    async def init_state(self, engine_client: Any, state: Any, args: Any) -> None:
         state.trl_streams = {}
