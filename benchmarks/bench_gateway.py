@@ -18,7 +18,9 @@ runs are printed as well.
 Streaming (`stream: true`, the same load and pairing as the headline: half the sessions straight to the replicas,
 half through the gateway, at the same time): output tokens/s of each path and the median time to first token; and
 alternating separate runs of all sessions streaming one way, then the other, which show what the gateway's own work
-(a streaming derender call per engine chunk) costs the shared machine.
+(a streaming derender call per engine chunk) costs the shared machine. The gateway streams `--stream-interval` tokens
+per chunk (its default, or as given in `--serve-args`); direct streams use vLLM's default (every token), and, when the
+interval is above 1, are run once more with the same `stream_interval` in the request, for the like-for-like row.
 
 Two direct baselines: `direct+ids` asks for what a trainer needs from each turn (`return_token_ids`, `logprobs`),
 which is what the gateway records and the like-for-like comparison (the headline ratio); `direct` asks for text
@@ -39,6 +41,7 @@ from pathlib import Path
 
 import aiohttp
 
+from trl.agents.server.launch import STREAM_INTERVAL
 from trl.agents.server.process import ServeAsyncProcess
 from trl.agents.tiny_model import build
 
@@ -123,6 +126,12 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     model = str(build(workdir / "model"))
     extra_args = args.serve_args.split()
+    # the gateway's --stream-interval (tokens per streamed chunk); direct streams are also run with it, for fairness
+    interval = (
+        int(extra_args[extra_args.index("--stream-interval") + 1])
+        if "--stream-interval" in extra_args
+        else STREAM_INTERVAL
+    )
     server = ServeAsyncProcess(
         model, args=[*SERVE_ARGS, *extra_args, "--log-dir", str(workdir)], log_path=workdir / "serve.log"
     )
@@ -174,27 +183,39 @@ def main() -> None:
             )
 
         alone: list[tuple[float, float]] = []
+        same_interval: list[float | None] = []
         for r in range(args.rounds):
             direct_rate, gateway_rate = asyncio.run(both_streaming(r))
             streamed.append((direct_rate, gateway_rate))
             print(f"round {r} streaming  direct+ids {direct_rate:7.1f}  gateway {gateway_rate:7.1f}  "
                   f"ratio {gateway_rate / direct_rate:.3f}", file=sys.stderr, flush=True)  # fmt: skip
             ids, urls = {"return_token_ids": True, "logprobs": True}, [gateway_url[0].replace("{round}", f"alone{r}")]
-            paths = {"direct+ids": (direct_urls, ids), "gateway": (urls, {})}
+            paths = {"direct+ids": (direct_urls, ids), "gateway": (urls, {}),
+                     "direct+ids, same interval": (direct_urls, {**ids, "stream_interval": interval})}  # fmt: skip
             order = ["direct+ids", "gateway"] if r % 2 == 0 else ["gateway", "direct+ids"]
+            order += ["direct+ids, same interval"] if interval > 1 else []
             rates_alone = {}
             for mode in order:  # swapping places every round, as above
                 path_urls, extra = paths[mode]
                 load = run_load(path_urls, model, args.sessions, args.turns, args.max_tokens, extra, ttfts=[])
                 rates_alone[mode] = asyncio.run(load)
             alone.append((rates_alone["direct+ids"], rates_alone["gateway"]))
-            print(f"round {r} streaming, separate runs: direct+ids {alone[-1][0]:7.1f}  gateway {alone[-1][1]:7.1f}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            same_interval.append(rates_alone.get("direct+ids, same interval"))
+            print(f"round {r} streaming, separate runs: direct+ids {alone[-1][0]:7.1f}  gateway {alone[-1][1]:7.1f}  "
+                  f"direct+ids with stream_interval {interval}: {same_interval[-1]}", file=sys.stderr, flush=True)  # fmt: skip
     result = {"sessions": args.sessions, "turns": args.turns, "max_tokens": args.max_tokens}
     result["streaming_ratios"] = [g / d for d, g in streamed]
     result["streaming_ratio"] = statistics.median(result["streaming_ratios"])
     result["streaming_alone_ratios"] = [g / d for d, g in alone]
     result["streaming_alone_ratio"] = statistics.median(result["streaming_alone_ratios"])
+    result["stream_interval"] = interval
+    if interval > 1:
+        result["streaming_alone_ratios_same_interval"] = [
+            g / d for (_, g), d in zip(alone, same_interval, strict=True)
+        ]
+        result["streaming_alone_ratio_same_interval"] = statistics.median(
+            result["streaming_alone_ratios_same_interval"]
+        )
     result["ttft_ms"] = {mode: 1000 * statistics.median(values) for mode, values in ttft.items()}
     result["ttft_ratio"] = result["ttft_ms"]["gateway"] / result["ttft_ms"]["direct+ids"]
     result.update({f"{mode}_tokens_per_s": statistics.median(values) for mode, values in rates.items()})
@@ -233,6 +254,12 @@ def main() -> None:
         f"{statistics.median(d for d, _ in alone):.0f} | {statistics.median(g for _, g in alone):.0f} | "
         f"{result['streaming_alone_ratio']:.3f} |"
     )
+    if interval > 1:
+        print(
+            f"| streaming, alternating runs, direct also with stream_interval {interval} | {args.sessions} sessions x "
+            f"{load} | {statistics.median(same_interval):.0f} | {statistics.median(g for _, g in alone):.0f} | "
+            f"{result['streaming_alone_ratio_same_interval']:.3f} |"
+        )
     print(
         f"| (direct, text only: no token ids or logprobs) | {args.sessions} sessions x {load} | "
         f"{result['direct_tokens_per_s']:.0f} | | {result['ratio_vs_text_only']:.3f} |"

@@ -39,9 +39,10 @@ def reply_ids(render, tiny_model_dir):
     return render.post("/tokenize", json=body).json()["tokens"]
 
 
-def engine_chunk(ids: list[int], i: int) -> dict:
-    return {"request_id": "r-1", "choices": [{"index": 0, "token_ids": [ids[i]],
-                                              "finish_reason": "stop" if i == len(ids) - 1 else None}]}  # fmt: skip
+def engine_chunk(ids: list[int], i: int, size: int = 1) -> dict:
+    """The engine chunk of `size` tokens from token `i` (the engine sends several with `stream_interval`)."""
+    finish = "stop" if i + size >= len(ids) else None
+    return {"request_id": "r-1", "choices": [{"index": 0, "token_ids": ids[i : i + size], "finish_reason": finish}]}
 
 
 def stateless(render, model: str, ids: list[int]) -> list[dict]:
@@ -70,6 +71,23 @@ def stateful(render, model: str, ids: list[int], per_call: int, stream_id: str) 
     return chunks
 
 
+def said(chunks: list[dict]) -> dict:
+    """What a client reads from a stream: its texts, tool calls and finish reason, ids aside."""
+    choices = [chunk["choices"][0] for chunk in chunks]
+    calls: dict[int, dict] = {}
+    for call in [call for c in choices for call in c["delta"].get("tool_calls") or []]:
+        entry = calls.setdefault(call["index"], {"name": "", "arguments": "", "ids": 0})
+        entry["ids"] += call.get("id") is not None
+        for key in ("name", "arguments"):
+            entry[key] += (call.get("function") or {}).get(key) or ""
+    return {
+        "content": "".join(c["delta"].get("content") or "" for c in choices),
+        "reasoning": "".join(c["delta"].get("reasoning") or "" for c in choices),
+        "calls": calls,
+        "finish": [c["finish_reason"] for c in choices if c["finish_reason"]],
+    }
+
+
 def deltas(chunks: list[dict]) -> list[tuple]:
     """Each chunk's delta and finish reason, tool-call ids (random) left out."""
     out = []
@@ -91,6 +109,25 @@ def test_the_same_chunks_as_vllms_route_however_many_engine_chunks_a_call_carrie
     assert expected[-1][1] == "tool_calls"
     for per_call in (1, 3, 16):
         assert deltas(stateful(render, tiny_model_dir, reply_ids, per_call, f"same-{per_call}")) == expected, per_call
+
+
+def test_engine_chunks_of_several_tokens_say_what_one_token_chunks_say(render, tiny_model_dir, reply_ids):
+    """With `--stream-interval` the engine sends several tokens per chunk; the plugin still feeds its parser one token
+    at a time (vLLM's hermes parser loses the start of the arguments otherwise) and sends one merged delta per chunk."""
+    expected = said(stateless(render, tiny_model_dir, reply_ids))
+    assert expected["calls"][0]["ids"] == 1 and expected["calls"][0]["name"] == "shell"
+    for size in (3, 8):
+        chunks = []
+        for start in range(0, len(reply_ids), 2 * size):  # two engine chunks per call
+            body = {"stream_id": f"sized-{size}", "position": start, "model": tiny_model_dir,
+                    "generate_chunks": [engine_chunk(reply_ids, i, size) for i in (start, start + size) if i < len(reply_ids)]}  # fmt: skip
+            if start == 0:
+                body |= {"chat_request": {**CHAT, "model": tiny_model_dir}, "prompt_token_ids": [1]}
+            answer = render.post(ROUTE, json=body)
+            assert answer.status_code == 200, answer.text
+            chunks += answer.json()["chunks"]
+        assert len(chunks) == -(-len(reply_ids) // size)
+        assert said(chunks) == expected, size
 
 
 def test_bad_and_out_of_step_calls_are_refused_and_the_server_goes_on(render, tiny_model_dir, reply_ids):

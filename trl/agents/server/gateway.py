@@ -80,6 +80,8 @@ class GatewayConfig:
             restarted gateway keeps its trajectories); `None` keeps sessions in memory only.
         weight_transfer_backend: The replicas' weight-transfer backend (`nccl`, `trl_agents_shm`, ...), reported to
             trainers so that `ServerClient` picks the same one; `None` when unknown.
+        stream_interval: Tokens per engine chunk of a streamed turn after its first (vLLM's `stream_interval`
+            sampling parameter): fewer, larger chunks cost the replica, the gateway and the render server less.
     """
 
     replicas: list[tuple[str, str]]
@@ -92,6 +94,7 @@ class GatewayConfig:
     sync: SyncConfig = field(default_factory=SyncConfig)
     journal_dir: str | None = None
     weight_transfer_backend: str | None = None
+    stream_interval: int = 1
 
 
 class Gateway:
@@ -116,7 +119,7 @@ class Gateway:
         renderer_of = {
             r.name: self.renderers[i % len(self.renderers)] for i, r in enumerate(self.router.replicas)
         } if self.renderers else {}  # fmt: skip
-        self.recorder = Recorder(None, config.max_model_len or 0, config.timeouts, renderer_of)
+        self.recorder = Recorder(None, config.max_model_len or 0, config.timeouts, renderer_of, config.stream_interval)
         self.weights = WeightSync(self.router, config.sync, config.weight_transfer_backend)
         self.turns = 0
         self.tokens = Counter()  # "sampled" / "inserted"

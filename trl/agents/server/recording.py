@@ -91,11 +91,13 @@ class Recorder:
         max_model_len: int,
         timeouts: Timeouts | None = None,
         renderer_of: dict[str, ReplicaHandle] | None = None,
+        stream_interval: int = 1,
     ):
         self.client = client
         self.max_model_len = max_model_len
         self.timeouts = timeouts or Timeouts()
         self._renderer_of = renderer_of or {}
+        self.stream_interval = stream_interval
         self._anchors: dict[str, asyncio.Task] = {}
         self._no_stateful_derender: set[str] = set()  # render servers that lack `stream_derender`'s route
         self.forks_by_reason: dict[str, int] = {}
@@ -145,6 +147,8 @@ class Recorder:
         plan = await self._plan_chat(session, replica, body)
         stop_ids = await self._stop_ids(replica, body, plan.rendered)
         request = self._generate_request(session, plan.context, plan.rendered, body, policy)
+        sampling = request["sampling_params"]  # the client's own `stream_interval` (vLLM's field) when larger
+        sampling["stream_interval"] = max(sampling.get("stream_interval") or 1, self.stream_interval)
         derender = _StreamDerender(self, self.renderer(replica), plan, body, stop_ids)
         sampled: list[int] = []
         logprobs: list[float] = []
@@ -158,7 +162,7 @@ class Recorder:
                 ids = choice.get("token_ids") or []
                 if len((choice.get("logprobs") or {}).get("content") or []) != len(ids):
                     raise TurnError(502, f"{replica.name} streamed {len(ids)} tokens without a logprob for each")
-            for engine_chunk, chunk in zip(engine_chunks, await derender.chunks(engine_chunks), strict=True):
+            for engine_chunk, chunk in await derender.chunks(engine_chunks):
                 choice = engine_chunk["choices"][0]
                 ids = choice.get("token_ids") or []
                 first = not sampled
@@ -497,11 +501,13 @@ class _StreamDerender:
         logprobs = {"content": entries[: len(shown)]} if self.body.get("logprobs") else None
         return {**engine_chunk, "choices": [{**choice, "token_ids": shown, "logprobs": logprobs}]}
 
-    async def chunks(self, engine_chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        shown = [self._shown(chunk) for chunk in engine_chunks]
+    async def chunks(self, engine_chunks: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """`(engine chunk, chat.completion.chunk)` pairs: the engine chunks as given, or (vLLM's route) cut into
+        one-token steps first, since its parsers must see one token per step."""
         first, self.calls = self.calls == 0, self.calls + 1
         recorder, timeout = self.recorder, self.recorder.timeouts.render
         if self.stateful:
+            shown = [self._shown(chunk) for chunk in engine_chunks]
             request = {"stream_id": self.stream_id, "position": self.position, "generate_chunks": shown,
                        "model": self.body.get("model")}  # fmt: skip
             if first:
@@ -509,21 +515,38 @@ class _StreamDerender:
             try:
                 answer = await post_json(recorder.client, self.renderer, STATEFUL_DERENDER, request, timeout)
                 self.position += sum(len(chunk["choices"][0]["token_ids"]) for chunk in shown)
-                return answer["chunks"]
+                return list(zip(engine_chunks, answer["chunks"], strict=True))
             except UpstreamError as exc:
                 if exc.status != 404 or not first:
                     raise
                 recorder._no_stateful_derender.add(self.renderer.name)
                 self.stateful = False
         out = []
-        for chunk in shown:
-            request = {"stream": True, "generate_chunk": chunk, "stream_state": self.state,
+        for step in [step for chunk in engine_chunks for step in _one_token_steps(chunk)]:
+            request = {"stream": True, "generate_chunk": self._shown(step), "stream_state": self.state,
                        "prompt_tokens": len(self.plan.context), "prompt_token_ids": self.header,
                        "chat_request": self.parser_request}  # fmt: skip
             answer = await post_json(recorder.client, self.renderer, "/v1/chat/completions/derender", request, timeout)
             self.state = answer["stream_state"]
-            out.append(answer["chunk"])
+            out.append((step, answer["chunk"]))
         return out
+
+
+def _one_token_steps(engine_chunk: dict[str, Any]) -> list[dict[str, Any]]:
+    """An engine chunk of several tokens (`stream_interval`) as one chunk per token; the last keeps the finish."""
+    choice = engine_chunk["choices"][0]
+    ids = choice.get("token_ids") or []
+    if len(ids) <= 1:
+        return [engine_chunk]
+    entries = (choice.get("logprobs") or {}).get("content") or []
+    steps = []
+    for k, token_id in enumerate(ids):
+        last = k == len(ids) - 1
+        step = {**choice, "token_ids": [token_id], "logprobs": {"content": entries[k : k + 1]}}
+        if not last:
+            step |= {"finish_reason": None, "stop_reason": None}
+        steps.append({**engine_chunk, "choices": [step]})
+    return steps
 
 
 async def _batched(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[list[dict[str, Any]]]:

@@ -85,18 +85,45 @@ def _new_stream(derenderer: Any, chat_request: Any, prompt_token_ids: list[int])
 
 
 def _delta(stream: _Stream, ids: list[int], finished: bool) -> Any:
-    """One engine step through the stream's detokenizer and parser: its `DeltaMessage`."""
+    """One engine chunk through the stream's detokenizer and parser, a token at a time (vLLM's streaming parsers
+    expect one sampled token per step: hermes loses the start of a call's arguments when one delta ends the function
+    name and starts the arguments), merged into one `DeltaMessage`."""
     from vllm.entrypoints.generate.base.protocol import DeltaMessage
 
-    text = stream.detokenizer.text(ids)
-    stream.position += len(ids)
     if stream.parser is None:
-        return DeltaMessage(content=text or None)
-    if not ids and not finished:
-        return DeltaMessage()
-    request = stream.chat_request
-    delta = stream.parser.parse_delta(text, ids, request, prompt_token_ids=stream.prompt_token_ids, finished=finished)
-    return delta or DeltaMessage()
+        stream.position += len(ids)
+        return DeltaMessage(content=stream.detokenizer.text(ids) or None)
+    request, merged = stream.chat_request, DeltaMessage()
+    for k, token_id in enumerate(ids or ([None] if finished else [])):
+        step = [] if token_id is None else [token_id]  # None: a last chunk without tokens flushes the parser
+        text = stream.detokenizer.text(step)
+        stream.position += len(step)
+        last = finished and k == max(len(ids), 1) - 1
+        delta = stream.parser.parse_delta(text, step, request, prompt_token_ids=stream.prompt_token_ids, finished=last)
+        if delta is not None:
+            _merge(merged, delta)
+    return merged
+
+
+def _merge(into: Any, delta: Any) -> None:
+    """Append `delta` (a `DeltaMessage`) to `into`: texts joined, a tool call's pieces joined while its index lasts."""
+    for name in ("content", "reasoning"):
+        if getattr(delta, name):
+            setattr(into, name, (getattr(into, name) or "") + getattr(delta, name))
+    for call in delta.tool_calls:
+        last = into.tool_calls[-1] if into.tool_calls else None
+        if last is None or last.index != call.index:
+            into.tool_calls.append(call)
+            continue
+        last.id, last.type = last.id or call.id, last.type or call.type
+        if call.function is None:
+            continue
+        if last.function is None:
+            last.function = call.function
+            continue
+        for name in ("name", "arguments"):
+            if getattr(call.function, name):
+                setattr(last.function, name, (getattr(last.function, name) or "") + getattr(call.function, name))
 
 
 def _chunk(stream: _Stream, engine_chunk: dict[str, Any], model: str) -> dict[str, Any]:
