@@ -60,3 +60,4 @@ bench: install
 	$(PY) benchmarks/bench_collator.py
 	$(PY) benchmarks/bench_async.py
 	$(PY) benchmarks/bench_gateway_cpu.py
+	$(PY) benchmarks/bench_stream_derender.py

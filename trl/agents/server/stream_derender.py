@@ -11,7 +11,9 @@ as in vLLM's own serving, and gets its own `chat.completion.chunk` back.
 It attaches through vLLM's `vllm.endpoint_plugins` entry point (setup.py), which vLLM loads only when its name is in
 `VLLM_PLUGINS` (`process.RenderServer` sets it). The gateway falls back to vLLM's stateless route when a render server
 answers 404 (started without the plugin). It is not a general server: streams live in one process's memory, so a
-stream's calls must reach the render server that started it (the gateway pins one render server per replica).
+stream's calls must reach the render server that started it (the gateway pins one render server per replica). The
+parsing runs on the render server's event loop (about 0.3 ms per token on the CPU build), not in an executor: the
+tokenizer and parsers hold the GIL anyway.
 """
 
 from __future__ import annotations
