@@ -28,6 +28,8 @@ from typing import ClassVar
 
 import httpx
 
+from .stream_derender import Plugin
+
 
 class ReplicaError(RuntimeError):
     """A replica failed to start or died; the message names it and quotes the tail of its log."""
@@ -241,7 +243,7 @@ class VLLMReplica(ServerProcess):
     entry = ("vllm.entrypoints.openai.api_server",)
 
 
-DERENDER_PLUGIN = "trl_agents_derender"  # setup.py's `vllm.endpoint_plugins` entry (`stream_derender.Plugin`)
+DERENDER_PLUGIN = Plugin.name  # setup.py's `vllm.endpoint_plugins` entry
 
 
 class RenderServer(ServerProcess):

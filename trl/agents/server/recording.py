@@ -149,7 +149,7 @@ class Recorder:
         request = self._generate_request(session, plan.context, plan.rendered, body, policy)
         sampling = request["sampling_params"]  # the client's own `stream_interval` (vLLM's field) when larger
         sampling["stream_interval"] = max(sampling.get("stream_interval") or 1, self.stream_interval)
-        derender = _StreamDerender(self, self.renderer(replica), plan, body, stop_ids)
+        derender = _StreamDerender(self, self.renderer(replica), plan.context, body, stop_ids)
         sampled: list[int] = []
         logprobs: list[float] = []
         reply = _Reply(plan.rendered["sampling_params"])
@@ -479,11 +479,12 @@ class _StreamDerender:
     see the engine's steps one at a time (hermes loses the start of a call's arguments when one delta ends the name
     and starts the arguments)."""
 
-    def __init__(self, recorder: Recorder, renderer: ReplicaHandle, plan: _ChatPlan, body: dict[str, Any],
+    def __init__(self, recorder: Recorder, renderer: ReplicaHandle, context: list[int], body: dict[str, Any],
                  stop_ids: set[int]):  # fmt: skip
-        self.recorder, self.renderer, self.plan, self.body, self.stop_ids = recorder, renderer, plan, body, stop_ids
+        self.recorder, self.renderer, self.body, self.stop_ids = recorder, renderer, body, stop_ids
+        self.prompt_tokens = len(context)
         # the parser needs the prompt only to tell whether it leaves reasoning open: the text of this turn's header
-        self.header = plan.context[_rindex(plan.context, stop_ids) + 1 :]
+        self.header = context[_rindex(context, stop_ids) + 1 :]
         self.parser_request = _parser_request(body, stream=True)
         self.stateful = renderer.name not in recorder._no_stateful_derender
         self.stream_id = uuid.uuid4().hex
@@ -524,7 +525,7 @@ class _StreamDerender:
         out = []
         for step in [step for chunk in engine_chunks for step in _one_token_steps(chunk)]:
             request = {"stream": True, "generate_chunk": self._shown(step), "stream_state": self.state,
-                       "prompt_tokens": len(self.plan.context), "prompt_token_ids": self.header,
+                       "prompt_tokens": self.prompt_tokens, "prompt_token_ids": self.header,
                        "chat_request": self.parser_request}  # fmt: skip
             answer = await post_json(recorder.client, self.renderer, "/v1/chat/completions/derender", request, timeout)
             self.state = answer["stream_state"]

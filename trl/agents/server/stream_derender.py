@@ -4,9 +4,9 @@ vLLM's `/v1/chat/completions/derender` with `stream: true` is stateless: the too
 travel with the client, so every call builds new parsers and replays the reply so far through them. A reply of n
 tokens then costs O(n^2) render-server CPU (RESULTS.md section 7: 55 ms per call at token 500 with hermes + qwen3).
 This plugin keeps one parser and one incremental-detokenizer window per stream in the render server's memory, keyed
-by a stream id the gateway picks, and feeds each engine chunk through them once. A call may carry several engine
-chunks (those that queued up while the previous call was in flight); each still goes to the parser as its own step,
-as in vLLM's own serving, and gets its own `chat.completion.chunk` back.
+by a stream id the gateway picks, and feeds each token through them once. A call may carry several engine chunks
+(those that queued up while the previous call was in flight) and a chunk several tokens (`stream_interval`); the
+parser still sees one token per step, and each engine chunk gets one `chat.completion.chunk` back.
 
 It attaches through vLLM's `vllm.endpoint_plugins` entry point (setup.py), which vLLM loads only when its name is in
 `VLLM_PLUGINS` (`process.RenderServer` sets it). The gateway falls back to vLLM's stateless route when a render server
@@ -180,6 +180,9 @@ async def derender_stream(request: Request) -> JSONResponse:
             chat_request = ChatCompletionRequest.model_validate(body.get("chat_request"))
         except ValueError as exc:
             return _error(400, f"chat_request: {exc}")
+        now = time.monotonic()  # streams whose client left are dropped as new ones come
+        for old in [key for key, s in streams.items() if now - s.last_used > IDLE_SECONDS]:
+            streams.pop(old, None)
         streams[sid] = _new_stream(
             request.app.state.online_derenderer, chat_request, body.get("prompt_token_ids") or []
         )
@@ -194,18 +197,16 @@ async def derender_stream(request: Request) -> JSONResponse:
     except Exception:
         streams.pop(sid, None)  # a parser that failed half-way has no state worth keeping
         raise
-    now = stream.last_used = time.monotonic()
+    stream.last_used = time.monotonic()
     if any(c.get("finish_reason") is not None for e in engine_chunks for c in e.get("choices") or []):
         streams.pop(sid, None)
-    for old in [key for key, s in streams.items() if now - s.last_used > IDLE_SECONDS]:
-        streams.pop(old, None)
     return JSONResponse({"chunks": chunks})
 
 
 class Plugin:
     """The `vllm.endpoint_plugins` entry: the route above, on render servers only."""
 
-    name = "trl_agents_derender"  # as in setup.py and `process.DERENDER_PLUGIN`
+    name = "trl_agents_derender"  # as in setup.py
     required_tasks = ("render",)
 
     def attach_router(self, app: FastAPI) -> None:
