@@ -93,6 +93,9 @@ class GRPOScriptArguments:
     )  # fmt: skip
     metrics_file: str | None = field(default=None, metadata={"help": "append one JSON line per logged step here"})
     record_to: str | None = field(default=None, metadata={"help": "append every episode to this JSONL (for replay)"})
+    trim_padding: bool = field(
+        default=False, metadata={"help": "cut each micro-batch to its own longest row (trl.agents.padding, WIP)"}
+    )
     replay: str | None = field(
         default=None,
         metadata={"help": "train on recorded episodes (a record_to file or a gateway --journal-dir), no server"},
@@ -197,6 +200,10 @@ def build_trainer(args: Arguments, dataset=None, model=None, callbacks=()):
         peft_config=get_peft_config(args.model),
         callbacks=callbacks,
     )
+    if script.trim_padding:
+        from trl.agents.padding import trim_padding
+
+        trim_padding(trainer)
     if script.metrics_file:  # after the sync callback, so its weight_sync/* keys are in the logs it sees
         trainer.add_callback(MetricsFile(Path(script.metrics_file), rollout))
     return trainer, rollout, client
