@@ -69,7 +69,8 @@ FILTERS = {  # --variants filter -> which variants it drops
     "loraonly": lambda v: v["finetune"] != "lora",
     "nogconly": lambda v: v["grad_ckpt"],
     "noupstream": lambda v: v["path"] == "upstream",
-    "pairs": lambda v: v["liger"] or not v["grad_ckpt"],  # only the variants measured on both paths
+    "pairs": lambda v: v["liger"] or not v["grad_ckpt"] or v.get("trim", False),  # measured on both paths
+    "trimpairs": lambda v: v["liger"] or not v["grad_ckpt"] or v["path"] == "upstream",  # ours, trimmed or not
 }
 
 
@@ -191,6 +192,10 @@ def run_variant(spec: dict) -> dict:
         train_dataset=Dataset.from_dict({"prompt": prompts}), rollout_func=rollout, peft_config=peft_config,
         callbacks=[Clock()],
     )  # fmt: skip
+    if spec.get("trim"):  # each micro-batch cut to its own longest row (trl.agents.padding, WIP)
+        from trl.agents.padding import trim_padding
+
+        trim_padding(trainer)
     before = next(p for p in trainer.model.parameters() if p.requires_grad).detach().float().clone()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -232,6 +237,7 @@ def variants(models: list[str], which: str) -> list[dict]:
                 for liger in (False, True):
                     out.append(dict(model=model, finetune=finetune, grad_ckpt=grad_ckpt, liger=liger, path="ours"))
             out.append(dict(model=model, finetune=finetune, grad_ckpt=True, liger=False, path="upstream"))
+            out.append(dict(model=model, finetune=finetune, grad_ckpt=True, liger=False, path="ours", trim=True))
     filters = set(which.split(",")) - {"all"}
     unknown = filters - set(FILTERS)
     if unknown:
@@ -240,7 +246,8 @@ def variants(models: list[str], which: str) -> list[dict]:
 
 
 def label(v: dict) -> str:
-    return f"{v['model']} {v['finetune']:4} gc={'on ' if v['grad_ckpt'] else 'off'} liger={'on ' if v['liger'] else 'off'}"
+    trim = " trim" if v.get("trim") else ""
+    return f"{v['model']} {v['finetune']:4} gc={'on ' if v['grad_ckpt'] else 'off'} liger={'on ' if v['liger'] else 'off'}{trim}"
 
 
 def main() -> None:
