@@ -192,7 +192,7 @@ def run_variant(spec: dict) -> dict:
         train_dataset=Dataset.from_dict({"prompt": prompts}), rollout_func=rollout, peft_config=peft_config,
         callbacks=[Clock()],
     )  # fmt: skip
-    if spec.get("trim"):  # each micro-batch cut to its own longest row (trl.agents.padding, WIP)
+    if spec.get("trim"):  # each micro-batch cut to its own longest row (trl.agents.padding)
         from trl.agents.padding import trim_padding
 
         trim_padding(trainer)

@@ -10,11 +10,12 @@
    model on each: GRPO keeps those it solves sometimes but not always, the only ones whose groups have an advantage);
    then per seed: GRPO with the coding agent, diff and tests-pass rewards and a weight sync after every step
    (`grpo.py`, one process or under `accelerate launch`), and the held-out evaluation again, same sampling settings
-   (every episode kept in `episodes/`);
+   (every episode kept in `episodes/`, GRPO's with their tokens, for `grpo.py --replay`);
 5. `report.md` (settings, seeds, before/after table with standard errors, per-task table, time split) and PNG plots
    next to `metrics*.jsonl`.
 
-Not here: anything the scripts it calls do (see them). Ctrl-C stops every child process (server, trainer).
+Not here: anything the scripts it calls do (see them). Ctrl-C or `kill` (SIGTERM) stops every child process (server,
+trainer).
 
 The settings of SFT and GRPO are the recipes `configs/sft_demo.yaml` and `configs/grpo_demo.yaml` (`--sft-recipe`,
 `--grpo-recipe`), which `sft.py` and `grpo.py` read with `--config` as any user would; evaluation uses the GRPO
@@ -314,6 +315,7 @@ def main(argv: list[str] | None = None) -> Path:
                     client.update_weights(_load(sft_dir))  # every seed starts from the SFT weights
                 argv = [*grpo_argv, "--server_url", server.url, "--api_token", token, "--seed", str(seed),
                         "--output_dir", str(run / f"grpo-seed{seed}"), "--metrics_file", str(metrics),
+                        "--record_to", str(run / "episodes" / f"grpo-seed{seed}.jsonl"),
                         *(["--tasks", *screening["kept"]] if screening else [])]  # fmt: skip
                 launcher = ["-m", "accelerate.commands.launch", "--config_file", args.accelerate_config] \
                     if args.accelerate_config else []  # fmt: skip
@@ -358,7 +360,12 @@ def _load(model_dir: Path):
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
 
 
+def _stop(signum, frame):
+    raise KeyboardInterrupt  # `kill` (SIGTERM) stops the children as Ctrl-C does
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _stop)
     try:
         main()
     except KeyboardInterrupt:

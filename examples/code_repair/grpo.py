@@ -94,8 +94,10 @@ class GRPOScriptArguments:
     metrics_file: str | None = field(default=None, metadata={"help": "append one JSON line per logged step here"})
     record_to: str | None = field(default=None, metadata={"help": "append every episode to this JSONL (for replay)"})
     trim_padding: bool = field(
-        default=False, metadata={"help": "cut each micro-batch to its own longest row (trl.agents.padding, WIP)"}
-    )
+        default=False,
+        metadata={"help": "cut each micro-batch to its own longest row before its loss (trl.agents.padding): the "
+                  "same loss on fewer columns; with per_device_train_batch_size 1 no padding is left"},
+    )  # fmt: skip
     replay: str | None = field(
         default=None,
         metadata={"help": "train on recorded episodes (a record_to file or a gateway --journal-dir), no server"},
