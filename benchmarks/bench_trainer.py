@@ -70,7 +70,7 @@ FILTERS = {  # --variants filter -> which variants it drops
     "nogconly": lambda v: v["grad_ckpt"],
     "noupstream": lambda v: v["path"] == "upstream",
     "pairs": lambda v: v["liger"] or not v["grad_ckpt"] or v.get("trim", False),  # measured on both paths
-    "trimpairs": lambda v: v["liger"] or not v["grad_ckpt"] or v["path"] == "upstream",  # ours, trimmed or not
+    "trimpairs": lambda v: v["liger"] or not v["grad_ckpt"],  # the pairs and ours trimmed (trl.agents.padding)
 }
 
 
@@ -309,8 +309,9 @@ def main() -> None:
               f"peak {r.get('peak_gib') or 0:5.1f} GiB  ({r['wall_seconds']:.0f} s) {extra}", flush=True)  # fmt: skip
     ratios = {}
     for name in dict.fromkeys(label(r) for r in results):
-        rates = {path: [x for r in results if label(r) == name and r["path"] == path and r["status"] == "ok"
-                        for x in r["step_tokens_per_second"]] for path in ("ours", "upstream")}  # fmt: skip
+        base = name.removesuffix(" trim")  # ours trimmed against the same upstream rows
+        rates = {path: [x for r in results if label(r) == (name if path == "ours" else base) and r["path"] == path
+                        and r["status"] == "ok" for x in r["step_tokens_per_second"]] for path in ("ours", "upstream")}  # fmt: skip
         if rates["ours"] and rates["upstream"]:
             ratios[name] = statistics.median(rates["ours"]) / statistics.median(rates["upstream"])
     environment = _environment()
