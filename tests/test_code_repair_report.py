@@ -46,6 +46,9 @@ def test_report_has_the_numbers_and_the_plots(tmp_path):
     assert "| t2 | 0.00 | 0.00 | 0.10 |" in text
     # pairs t1#0, t1#1, t2#0 (t2#1 was not evaluated after); reward diffs 1.0, 0.0, 0.5 (mean of seeds 0 and 1)
     assert "over the 3 (task, sample) pairs" in text and "reward +0.500 ± 0.289; solved +0.333 ± 0.333." in text
+    # training reward 0.1 s + seed: slope 0.1 in both seeds; pooled, the seeds' offset of 1 is residual
+    assert ("+0.1000 ± 0.1826 per step (+0.5 standard errors), from 0.60 at step 1. Per seed: seed 0 +0.100; "
+            "seed 1 +0.100.") in text  # fmt: skip
     assert "| SFT | 61 |" in text and "Total 400 s." in text
     assert "rollouts 24.0 s, weight sync 0.8 s, training 15.2 s" in text  # 4 steps of 10 s: 6 rollout, 0.2 sync
     assert "waiting for the model 2.0 s, per episode: agent work (tools) 3.0 s" in text  # agent seconds exclude it

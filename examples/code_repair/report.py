@@ -74,6 +74,12 @@ def _seed_panels(
         if len(metrics) > 1:
             steps = sorted(by_step)
             ax.plot(steps, [mean(by_step[x]) for x in steps], color="black", linewidth=2.5, label="mean of seeds")
+        line = trend([(x, y) for x, ys in by_step.items() for y in ys]) if key == "reward" else None
+        if line:
+            ends = [min(by_step), max(by_step)]
+            ax.plot(ends, [line["intercept"] + line["slope"] * x for x in ends], color="red", linestyle="--",
+                    label=f"trend {line['slope']:+.3f}/step")  # fmt: skip
+            ax.legend(fontsize=7, loc="upper left")
         ax.set_title(subtitle, fontsize=10)
         ax.set_ylim(-0.03 * top, 1.05 * top)
         ax.grid(alpha=0.3)
@@ -85,6 +91,45 @@ def _seed_panels(
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def trend(points: list[tuple[float, float]]) -> dict[str, float] | None:
+    """Least-squares line through (step, value) points: slope per step with its standard error, and intercept (None
+    with fewer than 3 points or a single step)."""
+    n = len(points)
+    if n < 3:
+        return None
+    mx, my = mean(x for x, _ in points), mean(y for _, y in points)
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    if sxx == 0:
+        return None
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx
+    intercept = my - slope * mx
+    residual = sum((y - intercept - slope * x) ** 2 for x, y in points)
+    return {"slope": slope, "slope_se": sqrt(residual / (n - 2) / sxx), "intercept": intercept}
+
+
+def reward_trend(metrics: dict[int, list[dict]]) -> dict[str, float] | None:
+    """The trend of the training reward over GRPO steps, every seed's steps pooled."""
+    return trend([p for rows in metrics.values() for p in zip(*_column(rows, "reward"), strict=True)])
+
+
+def training_reward_section(metrics: dict[int, list[dict]]) -> list[str]:
+    """The training reward's trend over GRPO steps, pooled and per seed."""
+    line = reward_trend(metrics)
+    if not line:
+        return []
+    per_seed = {s: reward_trend({s: rows}) for s, rows in metrics.items()}
+    z = line["slope"] / line["slope_se"] if line["slope_se"] else float("inf")
+    return [
+        "## Training reward",
+        "",
+        f"Trend of the training reward (least squares over every seed's steps): {line['slope']:+.4f} ± "
+        f"{line['slope_se']:.4f} per step ({z:+.1f} standard errors), from {line['intercept'] + line['slope']:.2f} "
+        "at step 1. Per seed: " + "; ".join(f"seed {s} {t['slope']:+.3f}" for s, t in per_seed.items() if t)
+        + ". Each step draws other training tasks, so single steps are noisy (`reward.png`).",
+        "",
+    ]  # fmt: skip
 
 
 def _column(rows: list[dict], key: str) -> tuple[list, list]:
@@ -324,6 +369,7 @@ def write(
         "",
         *screening_section(screening),
         *held_out_section(args, before, results),
+        *training_reward_section(metrics),
         "## Time",
         "",
         f"Total {total:.0f} s.",
