@@ -204,7 +204,8 @@ def parser() -> argparse.ArgumentParser:
     add("--grpo-steps", type=int, default=None)
     add("--grpo-learning-rate", type=float, default=None)
     add("--num-generations", type=int, default=None)
-    add("--batch-size", type=int, default=None, help="episodes per GRPO step")
+    add("--batch-size", type=int, default=None, help="episodes per GRPO step (the recipe trains one episode per "
+        "micro-batch, so this is its gradient_accumulation_steps)")  # fmt: skip
     add("--screen-samples", type=int, default=3, help="episodes per training task to find the tasks the SFT model "
         "solves sometimes but not always: GRPO trains on those (0: on every training task)")  # fmt: skip
     add("--eval-samples", type=int, default=6, help="episodes per held-out task after GRPO, per seed")
@@ -230,7 +231,7 @@ def parser() -> argparse.ArgumentParser:
 # demo flag -> the grpo.py option it overrides (None: the recipe's value)
 GRPO_OVERRIDES = {
     "grpo_steps": "max_steps", "grpo_learning_rate": "learning_rate", "num_generations": "num_generations",
-    "batch_size": "per_device_train_batch_size", "temperature": "temperature", "tool_limit": "tool_limit",
+    "batch_size": "gradient_accumulation_steps", "temperature": "temperature", "tool_limit": "tool_limit",
     "token_limit": "token_limit", "response_limit": "response_limit", "fuzzy_match": "fuzzy_match",
     "test_seconds": "test_seconds", "concurrency": "max_concurrency", "max_staleness": "max_staleness",
 }  # fmt: skip
@@ -244,6 +245,10 @@ def grpo_settings(args, model: str, output_dir: Path):
     argv = ["--config", str(args.grpo_recipe), *overrides, "--dataset", args.dataset, "--cache_dir", args.cache_dir,
             "--model_name_or_path", model]  # fmt: skip
     settings = grpo.parse_args([*argv, "--output_dir", str(output_dir)])
+    if args.batch_size is not None and settings.training.per_device_train_batch_size != 1:
+        raise SystemExit(f"--batch-size sets gradient_accumulation_steps, the episodes per step of a recipe with one "
+                         f"episode per micro-batch; {args.grpo_recipe} has per_device_train_batch_size "
+                         f"{settings.training.per_device_train_batch_size}: set the recipe's values instead")  # fmt: skip
     for flag, option in GRPO_OVERRIDES.items():
         for part in settings:
             if hasattr(part, option):
