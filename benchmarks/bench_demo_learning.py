@@ -22,22 +22,10 @@ import os
 import sys
 import time
 from pathlib import Path
-from statistics import mean, stdev
 
-from code_repair import demo
+from code_repair import demo, report
 from code_repair.data import task_dataset
 from trl.agents import ServerClient
-
-
-def paired(before: Path, after: list[dict]) -> tuple[float, float]:
-    """Mean and standard error of (solved after - solved before) over the episodes both evaluations ran."""
-    was = {f"{e['instance_id']}#{e['sample']}": e["solved"] for e in map(json.loads, before.open())}
-    diffs = [
-        e["solved"] - was[f"{e['instance_id']}#{e['sample']}"]
-        for e in after
-        if f"{e['instance_id']}#{e['sample']}" in was
-    ]
-    return mean(diffs), stdev(diffs) / len(diffs) ** 0.5
 
 
 def main() -> None:
@@ -80,7 +68,8 @@ def main() -> None:
             grpo_seconds = time.monotonic() - started
             keep = out / f"held-out-after-seed{seed}.jsonl"
             after = run_eval(rows, demo_args.eval_samples, f"post{seed}", keep)
-            change, se = paired(run / "episodes" / "held-out-before.jsonl", list(map(json.loads, keep.open())))
+            change = report.paired_change(results["before"], [after])  # pairs with the run's evaluation before
+            change, se = change["solved"], change["solved_se"]
             rewards = [round(json.loads(line)["reward"], 3) for line in metrics.open()]
             summary[seed] = {"training_reward": rewards, "solved_after": after["solved"], "paired_change": change,
                              "paired_change_se": se, "grpo_seconds": grpo_seconds}  # fmt: skip

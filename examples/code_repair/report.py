@@ -74,7 +74,7 @@ def _seed_panels(
         if len(metrics) > 1:
             steps = sorted(by_step)
             ax.plot(steps, [mean(by_step[x]) for x in steps], color="black", linewidth=2.5, label="mean of seeds")
-        line = trend([(x, y) for x, ys in by_step.items() for y in ys]) if key == "reward" else None
+        line = reward_trend(metrics) if key == "reward" else None  # the report's own trend, drawn
         if line:
             ends = [min(by_step), max(by_step)]
             ax.plot(ends, [line["intercept"] + line["slope"] * x for x in ends], color="red", linestyle="--",
