@@ -6,7 +6,7 @@ demo's recipe plus the given overrides, then the held-out evaluation with the de
 samples with the same seed as in the run's evaluation before GRPO, so each seed's change is paired, episode by
 episode, with that evaluation. About 7 minutes per seed on 2 cores instead of the demo's 30.
 
-    python benchmarks/bench_demo_learning.py runs/NAME --label lr5e-4 --seeds 0 -- --learning_rate 5e-4
+    python benchmarks/bench_demo_learning.py runs/NAME --label lr5e-4 --seeds 0 [--all-tasks] -- --learning_rate 5e-4
 
 Writes `runs/NAME/learning/LABEL/` (GRPO log, metrics, recorded episodes, held-out episodes, `summary.json`) and
 prints one line per seed: training reward per step and the paired held-out change in solved rate with its standard
@@ -34,10 +34,11 @@ def main() -> None:
     p.add_argument("--label", required=True, help="name of this setting (a folder under RUN/learning/)")
     p.add_argument("--seeds", default="0", help="comma-separated GRPO seeds")
     p.add_argument("--all-tasks", action="store_true", help="train on every training task, not the screened ones")
-    p.add_argument("overrides", nargs=argparse.REMAINDER, help="after --: grpo.py options over the demo's recipe")
-    args = p.parse_args()
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = p.parse_args(argv[:split])  # after --: grpo.py options over the demo's recipe
+    overrides = argv[split + 1 :]
     run = args.run.resolve()
-    overrides = [o for o in args.overrides if o != "--"]
     results = json.loads((run / "results.json").read_text())
     kept = [] if args.all_tasks or not results.get("screening") else ["--tasks", *results["screening"]["kept"]]
     demo_args = demo.parser().parse_args(["--run-name", run.name])
