@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from code_repair import grpo, sft
 from trl.agents import ServerClient
@@ -89,10 +90,17 @@ def test_grpo_script_trains_through_the_gateway(gateway, tiny_model_dir, tmp_pat
         "--output_dir", str(tmp_path / "replay"), "--rewards", "similarity", "nonempty", "--num_generations", "4",
         "--per_device_train_batch_size", "4", "--max_steps", "2", "--max_completion_length", "3000", "--use_cpu",
         "--replay", str(tmp_path / "episodes.jsonl"), "--replay_match", "order",
+        "--trainable_parameters", r"^model\.norm\.weight$", "--negative_advantage_weight", "0",
     ])  # fmt: skip
     trainer, rollout, none = grpo.build_trainer(replay)
+    frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if n != "model.norm.weight"}
     trainer.train()
     assert none is None and rollout.totals["episodes"] == 8
+    assert trainer.compute_loss.negative_advantage_weight == 0.0  # the script's options reached the trainer
+    for name, param in trainer.model.named_parameters():
+        assert param.requires_grad == (name == "model.norm.weight")
+        if name in frozen:
+            assert torch.equal(param.detach(), frozen[name]), name
     replayed = sorted(e.session_id for e in rollout.last_episodes)
     assert replayed == sorted(r["session_id"] for r in recorded[4:])  # step 2 replays the second recorded batch
     assert client.weight_version == version

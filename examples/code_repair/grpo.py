@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -98,6 +99,16 @@ class GRPOScriptArguments:
         metadata={"help": "cut each micro-batch to its own longest row before its loss (trl.agents.padding): the "
                   "same loss on fewer columns; with per_device_train_batch_size 1 no padding is left"},
     )  # fmt: skip
+    negative_advantage_weight: float = field(
+        default=1.0,
+        metadata={"help": "weight of the advantages of episodes worse than their group's mean "
+                  "(trl.agents.advantage_weights): 1 is upstream's GRPO, 0 learns from the better episodes only"},
+    )  # fmt: skip
+    trainable_parameters: str | None = field(
+        default=None,
+        metadata={"help": "regular expression: train only the parameters whose names it matches (re.search), freeze "
+                  "the rest (the weight sync still sends every parameter); default: all"},
+    )  # fmt: skip
     replay: str | None = field(
         default=None,
         metadata={"help": "train on recorded episodes (a record_to file or a gateway --journal-dir), no server"},
@@ -114,6 +125,8 @@ class GRPOScriptArguments:
         unknown = sorted(set(self.rewards) - set(REWARDS))
         if unknown:
             raise ValueError(f"unknown rewards {unknown}; choose from {sorted(REWARDS)}")
+        if not 0.0 <= self.negative_advantage_weight <= 1.0:
+            raise ValueError(f"negative_advantage_weight {self.negative_advantage_weight}: must be between 0 and 1")
 
 
 class Arguments(NamedTuple):
@@ -185,6 +198,11 @@ def build_trainer(args: Arguments, dataset=None, model=None, callbacks=()):
     workspaces = args.task.workspaces()
     if model is None:
         model = training.load_model(args.model)
+    if script.trainable_parameters:
+        if args.model.use_peft:
+            raise SystemExit("grpo.py: --trainable_parameters and --use_peft both choose what trains; pick one")
+        trained = freeze_except(model, script.trainable_parameters)
+        logging.getLogger(__name__).info("training %d parameter tensors: %s", len(trained), ", ".join(trained))
     if script.replay:  # no server, no agent: the recorded episodes, and no weights to send anywhere
         client = None
         rollout = ReplayRollout(script.replay, match=script.replay_match, record_to=script.record_to)
@@ -206,9 +224,25 @@ def build_trainer(args: Arguments, dataset=None, model=None, callbacks=()):
         from trl.agents.padding import trim_padding
 
         trim_padding(trainer)
+    if script.negative_advantage_weight != 1.0:
+        from trl.agents.advantage_weights import weight_negative_advantages
+
+        weight_negative_advantages(trainer, script.negative_advantage_weight)
     if script.metrics_file:  # after the sync callback, so its weight_sync/* keys are in the logs it sees
         trainer.add_callback(MetricsFile(Path(script.metrics_file), rollout))
     return trainer, rollout, client
+
+
+def freeze_except(model, pattern: str) -> list[str]:
+    """Freeze every parameter of `model` whose name `pattern` does not match (`re.search`); return the names left
+    trainable. ValueError naming some parameters when it matches none."""
+    names = [name for name, _ in model.named_parameters()]
+    trained = [name for name in names if re.search(pattern, name)]
+    if not trained:
+        raise ValueError(f"trainable_parameters {pattern!r} matches no parameter of the model; some: {names[:6]}")
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in trained)
+    return trained
 
 
 def _live_rollout(args: Arguments, workspaces, dataset):
