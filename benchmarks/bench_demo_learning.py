@@ -4,7 +4,7 @@ Takes a finished demo run (its SFT model, its held-out evaluation before GRPO an
 tasks its screening kept), starts `trl vllm-serve-async` on the SFT model, and per seed runs `grpo.py` with the
 demo's recipe plus the given overrides, then the held-out evaluation with the demo's settings. Episode k of a task
 samples with the same seed as in the run's evaluation before GRPO, so each seed's change is paired, episode by
-episode, with that evaluation. About 7 minutes per seed on 2 cores instead of the demo's 30.
+episode, with that evaluation. About 4-5 minutes per seed on 2 cores (2026-12-01) instead of the whole demo.
 
     python benchmarks/bench_demo_learning.py runs/NAME --label lr5e-4 --seeds 0 [--all-tasks] -- --learning_rate 5e-4
 

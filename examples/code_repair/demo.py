@@ -9,8 +9,9 @@
 4. held-out evaluation of the SFT model (once: every seed starts from it); screening of the training tasks (the SFT
    model on each: GRPO keeps those it solves sometimes but not always, the only ones whose groups have an advantage);
    then per seed: GRPO with the coding agent, diff and tests-pass rewards and a weight sync after every step
-   (`grpo.py`, one process or under `accelerate launch`), and the held-out evaluation again, same sampling settings
-   (every episode kept in `episodes/`, GRPO's with their tokens, for `grpo.py --replay`);
+   (`grpo.py`, one process or under `accelerate launch`; the recipe trains the tiny coder's final norm from the
+   better-than-average episodes, see `configs/grpo_demo.yaml`), and the held-out evaluation again, same sampling
+   settings (every episode kept in `episodes/`, GRPO's with their tokens, for `grpo.py --replay`);
 5. `report.md` (settings, seeds, before/after table with standard errors, per-task table, time split) and PNG plots
    next to `metrics*.jsonl`.
 
