@@ -42,6 +42,7 @@ from code_repair import training
 from code_repair.agent import AgentArguments
 from code_repair.data import TaskArguments
 from code_repair.rewards import TestsPassReward, diff_similarity_reward, exact_patch_reward, non_empty_patch_reward
+from trl.agents.advantage_weights import check_weight
 
 
 REWARDS = {
@@ -125,8 +126,7 @@ class GRPOScriptArguments:
         unknown = sorted(set(self.rewards) - set(REWARDS))
         if unknown:
             raise ValueError(f"unknown rewards {unknown}; choose from {sorted(REWARDS)}")
-        if not 0.0 <= self.negative_advantage_weight <= 1.0:
-            raise ValueError(f"negative_advantage_weight {self.negative_advantage_weight}: must be between 0 and 1")
+        check_weight(self.negative_advantage_weight)  # at parse time, before a model is loaded
 
 
 class Arguments(NamedTuple):
@@ -241,7 +241,7 @@ def freeze_except(model, pattern: str) -> list[str]:
     if not trained:
         raise ValueError(f"trainable_parameters {pattern!r} matches no parameter of the model; some: {names[:6]}")
     for name, param in model.named_parameters():
-        param.requires_grad_(name in trained)
+        param.requires_grad_(re.search(pattern, name) is not None)
     return trained
 
 

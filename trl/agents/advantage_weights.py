@@ -12,13 +12,23 @@ the policy, raising the solved rate of one sample at the cost of diversity). Wha
 `benchmarks/RESULTS.md` section 9.
 
 It wraps `compute_loss` (Trainer's documented override point: it gets one micro-batch with its `advantages`) on the
-instance, like `trl.agents.padding.trim_padding`, with which it composes. Not here: how advantages are computed
-(upstream: group-centred rewards, scaled per `scale_rewards`), the loss itself, reward shaping.
+instance through `trl.agents.padding.transform_micro_batches`, as `trim_padding` does, with which it composes.
+Not here: how advantages are computed (upstream: group-centred rewards, scaled per `scale_rewards`), the loss itself,
+reward shaping.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
+
+from trl.agents.padding import applied_transform, transform_micro_batches
+
+
+def check_weight(negative: float) -> None:
+    """ValueError unless 0 <= `negative` <= 1."""
+    if not 0.0 <= negative <= 1.0:
+        raise ValueError(f"negative_advantage_weight {negative}: must be between 0 (drop them) and 1 (upstream)")
 
 
 def weighted_advantages(batch: dict[str, Any], negative: float) -> dict[str, Any]:
@@ -30,20 +40,13 @@ def weighted_advantages(batch: dict[str, Any], negative: float) -> dict[str, Any
 def weight_negative_advantages(trainer: Any, negative: float) -> Any:
     """Make `trainer` (a `GRPOTrainer`) weight the advantages of its below-average episodes by `negative` (0 to 1);
     returns it. 1 leaves the trainer as it was; applying the same weight twice is a no-op, another one an error."""
-    if not 0.0 <= negative <= 1.0:
-        raise ValueError(f"negative advantage weight {negative}: must be between 0 (drop them) and 1 (upstream)")
-    compute_loss = trainer.compute_loss
-    applied = getattr(compute_loss, "negative_advantage_weight", None)
+    check_weight(negative)
+    applied = applied_transform(trainer, "negative_advantage_weight")
     if applied is not None:
         if applied != negative:
             raise ValueError(f"this trainer already weights negative advantages by {applied}, not {negative}")
         return trainer
     if negative == 1.0:
         return trainer
-
-    def weighted(model, inputs, *args, **kwargs):
-        return compute_loss(model, weighted_advantages(inputs, negative), *args, **kwargs)
-
-    weighted.negative_advantage_weight = negative
-    trainer.compute_loss = weighted
-    return trainer
+    transform = functools.partial(weighted_advantages, negative=negative)
+    return transform_micro_batches(trainer, "negative_advantage_weight", negative, transform)

@@ -21,6 +21,7 @@ change is `docs/upstream/trl-grpo-trim-micro-batches.md`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -53,16 +54,35 @@ def trim_micro_batch(batch: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def applied_transform(trainer: Any, name: str) -> Any:
+    """The value a `transform_micro_batches` wrapper named `name` carries in `trainer.compute_loss`'s chain of
+    wrappers, or None."""
+    fn = trainer.compute_loss
+    while fn is not None:
+        if hasattr(fn, name):
+            return getattr(fn, name)
+        fn = getattr(fn, "__wrapped__", None)
+    return None
+
+
+def transform_micro_batches(trainer: Any, name: str, value: Any, transform: Callable[[dict], dict]) -> Any:
+    """Wrap `trainer.compute_loss` (Trainer's override point: one micro-batch per call) on the instance so that each
+    micro-batch goes through `transform` first; the wrapper carries `name = value` (see `applied_transform`). The one
+    place this project hooks GRPO's loss (`trim_padding`, `trl.agents.advantage_weights`); returns the trainer."""
+    compute_loss = trainer.compute_loss
+
+    def transformed(model, inputs, *args, **kwargs):
+        return compute_loss(model, transform(inputs), *args, **kwargs)
+
+    setattr(transformed, name, value)
+    transformed.__wrapped__ = compute_loss
+    trainer.compute_loss = transformed
+    return trainer
+
+
 def trim_padding(trainer: Any) -> Any:
     """Make `trainer` (a `GRPOTrainer`) trim each micro-batch before its loss; returns it. Applying it twice is a
     no-op."""
-    compute_loss = trainer.compute_loss
-    if getattr(compute_loss, "trims_padding", False):
+    if applied_transform(trainer, "trims_padding"):
         return trainer
-
-    def trimmed(model, inputs, *args, **kwargs):
-        return compute_loss(model, trim_micro_batch(inputs), *args, **kwargs)
-
-    trimmed.trims_padding = True
-    trainer.compute_loss = trimmed
-    return trainer
+    return transform_micro_batches(trainer, "trims_padding", True, trim_micro_batch)
