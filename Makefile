@@ -25,8 +25,10 @@ install: $(STAMP)
 	@echo "==> checking the environment"
 	@$(PY) scripts/check_install.py || { rm -f $(STAMP); exit 1; }
 
+# Two pytest-xdist workers, given whole modules; one runs every module of the shared gateway (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: install
-	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): check the test paths and markers"; fi; \
 	exit $$rc
 

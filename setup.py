@@ -32,6 +32,7 @@ setup(
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "pytest-xdist>=3.5",  # make test: two workers (tests/conftest.py groups the modules)
             "ruff>=0.6",
             "litellm>=1.50",
             "peft>=0.13",  # LoRA weight-sync tests

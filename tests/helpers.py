@@ -36,6 +36,16 @@ FORCE = {
 }
 
 
+def plain_text_bias(tokenizer) -> dict[str, int]:
+    """A `logit_bias` that keeps the random model to plain ASCII text: no markup token (`<think>`, `<tool_call>`, ...)
+    and no byte of a multi-byte character, whose decoding depends on where a turn or a stream chunk ends (vLLM's
+    incremental detokenizer holds a partial character back; `decode` spells it U+FFFD)."""
+    markup = ["<think>", "</think>", "<tool_call>", "</tool_call>", "<|im_start|>", "<|endoftext|>"]
+    banned = set(tokenizer.convert_tokens_to_ids(markup))
+    banned |= {i for i in range(len(tokenizer)) if not tokenizer.decode([i]).isascii()}
+    return {str(i): -100 for i in sorted(banned)}
+
+
 def trainer_logprobs(model, token_ids: list[int], start: int):
     """The model's logprob of each of `token_ids[start:]` given what precedes it, and the best logprob at each of
     those positions (one float32 forward pass, no gradient)."""

@@ -16,7 +16,7 @@ import pytest
 
 from code_repair import rewards, toy_suite
 from code_repair.agent import STOP_REASONS, AgentConfig, RepairAgent, command_types
-from code_repair.data import Workspaces, load_tasks, repo_url
+from code_repair.data import Workspaces, command_env, load_tasks, repo_url
 from code_repair.scripted_model import ScriptedModel, expert_edits, patch_edits
 from trl.agents import ServerClient
 from trl.agents.testing.servers import API_TOKEN
@@ -39,7 +39,8 @@ def tasks(suite):
 
 @pytest.fixture(scope="module")
 def workspaces(tmp_path_factory):
-    return Workspaces(tmp_path_factory.mktemp("cache"), tmp_path_factory.mktemp("work"))
+    # the toy suite's command environment, as `TaskConfig.workspaces()` gives it (pytest without plugin autoload)
+    return Workspaces(tmp_path_factory.mktemp("cache"), tmp_path_factory.mktemp("work"), env=command_env("toy"))
 
 
 def test_load_tasks_checks_columns_and_adds_unique_prompts(tasks, tmp_path):

@@ -22,7 +22,9 @@ def test_trajectories_survive_a_restart(tiny_model_dir, tmp_path):
     for logs in ("logs-1", "logs-2"):
         (tmp_path / logs).mkdir()
     conversations = {f"ep-{i}": [{"role": "user", "content": f"task {i}"}] for i in range(4)}
-    with serve_async(tiny_model_dir, tmp_path / "logs-1", "--journal-dir", str(journal)) as server:
+    # one replica each time: the restart is what is tested (re-adoption on a replica: test_sessions.py), and each
+    # start of a 2-replica gateway costs four vLLM processes on 2 cores
+    with serve_async(tiny_model_dir, tmp_path / "logs-1", "--journal-dir", str(journal), replicas=1) as server:
         for sid, messages in conversations.items():
             for k in range(2):
                 messages.append(turn(server, sid, messages, tiny_model_dir))
@@ -30,7 +32,7 @@ def test_trajectories_survive_a_restart(tiny_model_dir, tmp_path):
         with ServerClient(server.url, api_token=API_TOKEN) as client:
             before = {sid: client.trajectory(sid) for sid in conversations}
             client.close_session("ep-3")  # deleted before the restart: stays deleted
-    with serve_async(tiny_model_dir, tmp_path / "logs-2", "--journal-dir", str(journal)) as server:
+    with serve_async(tiny_model_dir, tmp_path / "logs-2", "--journal-dir", str(journal), replicas=1) as server:
         with ServerClient(server.url, api_token=API_TOKEN) as client:
             after = {sid: client.trajectory(sid) for sid in ("ep-0", "ep-1", "ep-2")}
             assert after == {sid: before[sid] for sid in after}  # token for token, turns and versions included

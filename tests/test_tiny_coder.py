@@ -11,7 +11,7 @@ import re
 import pytest
 
 from code_repair import tiny_coder
-from code_repair.data import Workspaces, task_dataset
+from code_repair.data import Workspaces, command_env, task_dataset
 from code_repair.scripted_model import HINT
 from code_repair.sft import write_expert_trajectories
 from trl.agents.tiny_model import TinyModelConfig, build_tokenizer
@@ -24,7 +24,7 @@ def cache(tmp_path_factory):
 
 def test_a_synthetic_episode_is_the_scripted_experts_episode_turn_for_turn(cache, tmp_path):
     row = next(r for r in task_dataset("toy", "train", cache) if r["instance_id"] == "toy__calc-1")
-    (real,) = write_expert_trajectories([row], Workspaces(cache), tmp_path / "expert.jsonl")
+    (real,) = write_expert_trajectories([row], Workspaces(cache, env=command_env("toy")), tmp_path / "expert.jsonl")
     assert real["reward"] == 1.0
     hint = HINT.search(row["problem_statement"]).groupdict()
     grep_output = real["messages"][3]["content"]

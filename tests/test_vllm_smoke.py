@@ -1,4 +1,5 @@
-"""vLLM's own server on the tiny model, spoken to through the official `openai` client."""
+"""vLLM's own server on the tiny model, spoken to through the official `openai` client: one replica of the shared
+`gateway` fixture, addressed directly (the same `VLLMReplica` server, flags and model; no second engine started)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ TOOLS = [
 
 
 @pytest.fixture(scope="module")
-def client(vllm_server):
-    return openai.OpenAI(base_url=f"{vllm_server.url}/v1", api_key="unused", timeout=60, max_retries=0)
+def client(gateway):
+    replica = gateway.replica_urls()[0]
+    return openai.OpenAI(base_url=f"{replica}/v1", api_key="unused", timeout=60, max_retries=0)
 
 
 def test_chat_returns_token_ids_that_decode_to_the_text(client, tiny_model_dir):
@@ -33,7 +35,8 @@ def test_chat_returns_token_ids_that_decode_to_the_text(client, tiny_model_dir):
         messages=[{"role": "user", "content": "Say something."}],
         max_tokens=24,
         temperature=0,
-        extra_body={"return_token_ids": True},
+        # the replica parses reasoning (qwen3): without thinking the whole reply is content
+        extra_body={"return_token_ids": True, "chat_template_kwargs": {"enable_thinking": False}},
     )
     choice = reply.choices[0]
     ids = choice.model_extra["token_ids"]
@@ -41,7 +44,11 @@ def test_chat_returns_token_ids_that_decode_to_the_text(client, tiny_model_dir):
     assert tokenizer.decode(ids, skip_special_tokens=True) == choice.message.content
     prompt_ids = reply.model_extra["prompt_token_ids"]
     rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Say something."}], tokenize=True, add_generation_prompt=True, return_dict=False
+        [{"role": "user", "content": "Say something."}],
+        tokenize=True,
+        add_generation_prompt=True,
+        return_dict=False,
+        enable_thinking=False,
     )
     assert prompt_ids == rendered
 
