@@ -1,6 +1,6 @@
 """Shared fixtures: the tiny model (built once per run) and real vLLM servers on it, torn down whatever happens.
 
-Engine start-ups are most of the suite's time on 2 cores (a 2-replica gateway is four vLLM processes, 60-70 s), so
+Engine start-ups are most of the suite's time on 2 cores (a 2-replica gateway is eight vLLM processes, 60-70 s), so
 the gateway is started once per run and shared by every module that uses the `gateway` fixture: tests there give
 their sessions ids of their own, each module starts with the tiny model's own weights served (the fixture syncs them
 back when a module before trained them), and a test that breaks the shared gateway (kills a replica) is marked

@@ -181,7 +181,7 @@ def test_64_concurrent_sessions_are_recorded_token_exactly(gateway, tiny_model_d
                 max_tokens=12,
                 extra_body={
                     "return_token_ids": True,
-                    "logit_bias": no_markup,  # no markup tokens: the text is content only
+                    "logit_bias": no_markup,  # plain ASCII text, no markup: the text is content only
                     "chat_template_kwargs": {"enable_thinking": False},  # everything sampled is content
                 },
             )

@@ -17,6 +17,7 @@ from trl.agents.server.process import ServeAsyncProcess, ServerProcess, free_por
 
 
 def test_sigterm_stops_every_child(tiny_model_dir, tmp_path, serve_args):
+    # a server of its own (one replica, the default): the test terminates its launcher
     server = ServeAsyncProcess(
         tiny_model_dir, args=["--log-dir", str(tmp_path), *serve_args], log_path=tmp_path / "l.log"
     )

@@ -153,6 +153,7 @@ def test_bad_and_out_of_step_calls_are_refused_and_the_server_goes_on(render, ti
 
 
 def test_a_gateway_without_the_plugin_streams_through_vllms_route(tiny_model_dir, tmp_path):
+    # a gateway of its own: no render servers (the shared gateway's have the plugin), one replica
     extra = ["--render-servers", "0", "--reasoning-parser", "qwen3", "--structured-outputs-config",
              '{"enable_in_reasoning": true}']  # fmt: skip
     with serve_async(tiny_model_dir, tmp_path / "logs", *extra, replicas=1) as gateway:

@@ -35,6 +35,7 @@ PROMPTS = ["The quick brown fox", "def add(a, b):\n    return", "git diff --stat
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
+    """A gateway of its own (not the shared one): LoRA enabled, a short sync timeout, and a test that stops a replica."""
     lora = ["--enable-lora", "--max-lora-rank", "8", "--max-loras", "1"]
     logs = tmp_path_factory.mktemp("sync-logs")
     with serve_async(tiny_model_dir, logs, "--weight-sync-timeout", str(SYNC_TIMEOUT), *lora) as process:
