@@ -9,6 +9,8 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
+from tests.helpers import MARKUP_IDS
+
 
 TOOLS = [
     {
@@ -59,9 +61,14 @@ def test_hermes_parser_reads_the_templates_tool_calls(client, tiny_model_dir):
         model=tiny_model_dir,
         messages=[{"role": "user", "content": "List the files."}],
         tools=TOOLS,
-        max_tokens=64,
-        # The random model cannot call tools by itself: a regex constrains it to emit exactly this call.
-        extra_body={"structured_outputs": {"regex": re.escape(call)}},
+        max_tokens=200,  # room for a call spelled in many small tokens
+        # The random model cannot call tools by itself: a regex constrains it to emit exactly this call, and a bias
+        # makes it take the markup tokens (the regex also admits "<tool_call>" spelled out in characters, which can
+        # run past a small max_tokens: seen once in 4 runs with max_tokens 64).
+        extra_body={
+            "structured_outputs": {"regex": re.escape(call)},
+            "logit_bias": {str(MARKUP_IDS[tag]): 100 for tag in ("<tool_call>", "</tool_call>")},
+        },
     )
     choice = reply.choices[0]
     assert choice.finish_reason == "tool_calls"
