@@ -9,6 +9,7 @@ back when a module before trained them), and a test that breaks the shared gatew
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -80,10 +81,21 @@ def gateway(shared_gateway, tiny_model_dir):
 def pytest_configure(config):
     """Under pytest-xdist the run's own scheduling group takes the priority of the replicas it starts (`nice +19`,
     `server.process`): with Linux's autogroup scheduling a group at +0 gets ~98% of a core against one at +19, so a
-    worker busy with CPU work would otherwise starve the replicas the other worker is waiting on."""
+    worker busy with CPU work would otherwise starve the replicas the other worker is waiting on. Where there is no
+    autogroup to set, the run's processes take that niceness themselves."""
+    if not config.getoption("numprocesses", None):
+        return
+    os.nice(19 - os.nice(0))  # what counts where there is no autogroup, or this run is in the root one
     autogroup = Path("/proc/self/autogroup")
-    if config.getoption("numprocesses", None) and autogroup.exists() and os.access(autogroup, os.W_OK):
+    if not autogroup.exists():
+        return
+    try:
         autogroup.write_text("19")
+    except OSError as error:
+        # EINVAL: this run is in the root scheduling group (its session began outside any login, as under a CI
+        # daemon); that group's share cannot be set, and there each process competes by its own niceness (above)
+        if error.errno != errno.EINVAL:
+            raise
 
 
 # The modules that use the shared gateway. They run first, and under `make test`'s two workers one worker runs them
