@@ -85,17 +85,17 @@ def pytest_configure(config):
     autogroup to set, the run's processes take that niceness themselves."""
     if not config.getoption("numprocesses", None):
         return
-    os.nice(19 - os.nice(0))  # what counts where there is no autogroup, or this run is in the root one
     autogroup = Path("/proc/self/autogroup")
-    if not autogroup.exists():
-        return
-    try:
-        autogroup.write_text("19")
-    except OSError as error:
-        # EINVAL: this run is in the root scheduling group (its session began outside any login, as under a CI
-        # daemon); that group's share cannot be set, and there each process competes by its own niceness (above)
-        if error.errno != errno.EINVAL:
-            raise
+    if autogroup.exists():
+        try:
+            autogroup.write_text("19")
+            return
+        except OSError as error:
+            # EINVAL: this run is in the root scheduling group (its session began outside any login, as under a CI
+            # daemon); that group's share cannot be set, and there each process competes by its own niceness
+            if error.errno != errno.EINVAL:
+                raise
+    os.nice(19 - os.nice(0))
 
 
 # The modules that use the shared gateway. They run first, and under `make test`'s two workers one worker runs them

@@ -103,10 +103,13 @@ def test_a_lowered_priority_also_lowers_the_childs_scheduling_group(tmp_path):
     would get an equal CPU share whatever the niceness, so the niceness is given to the group too."""
     child = Sleeper("none", niceness=7, log_path=tmp_path / "sleeper.log")
     child.start()
+    # 19 is the lowest priority: where this run already has a high niceness (`make test` without an autogroup of its
+    # own, see conftest.py) the child's is capped there, and its group still goes from 0 to it
+    expected = min(os.nice(0) + 7, 19)
     try:
-        assert psutil.Process(child.process.pid).nice() == os.nice(0) + 7
+        assert psutil.Process(child.process.pid).nice() == expected
         autogroup = f"/proc/{child.process.pid}/autogroup"
         if os.path.exists(autogroup):  # kernels built without autogroup scheduling have no such file
-            assert open(autogroup).read().split()[-1] == str(os.nice(0) + 7)
+            assert open(autogroup).read().split()[-1] == str(expected)
     finally:
         child.stop()
