@@ -17,13 +17,8 @@ import pytest
 import torch
 
 from trl.agents import ServerClient
-from trl.agents.testing.servers import API_TOKEN, SERVE_ARGS, serve_async
+from trl.agents.testing.servers import API_TOKEN, serve_async
 from trl.agents.tiny_model import build
-
-
-@pytest.fixture
-def serve_args() -> list[str]:
-    return list(SERVE_ARGS)
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,15 @@
-"""Recorded trajectories survive a gateway restart: `trl vllm-serve-async --journal-dir` reloads every session, and
-an episode goes on recording after the restart as if nothing happened."""
+"""Recorded trajectories survive a gateway restart: SIGTERM stops the launcher and every process it started, then
+`trl vllm-serve-async --journal-dir` reloads every session, and an episode goes on recording after the restart as if
+nothing happened. (The SIGTERM half is `trl vllm-serve-async`'s clean shutdown, tested here so that it costs no
+gateway start of its own.)"""
 
 from __future__ import annotations
 
+import os
+import signal
+
 import openai
+import psutil
 import pytest
 
 from trl.agents import ServerClient
@@ -17,7 +23,19 @@ def turn(server, sid: str, messages: list[dict], model: str) -> dict:
     return {"role": "assistant", "content": reply.choices[0].message.content or ""}
 
 
-def test_trajectories_survive_a_restart(tiny_model_dir, tmp_path):
+def stop_with_sigterm(server) -> None:
+    """SIGTERM to the launcher alone, as a job scheduler or a terminal sends it: every child goes with it."""
+    launcher = psutil.Process(server.process.pid)
+    family = [launcher, *launcher.children(recursive=True)]
+    assert len(family) >= 3  # launcher, the replica's API server, its engine core at least
+    os.kill(launcher.pid, signal.SIGTERM)
+    server.process.wait(60)
+    _, alive = psutil.wait_procs(family, timeout=30)
+    assert not alive, alive
+    assert "stopping replicas" in server.log_path.read_text()
+
+
+def test_sigterm_stops_every_child_and_trajectories_survive_the_restart(tiny_model_dir, tmp_path):
     journal = tmp_path / "journal"
     for logs in ("logs-1", "logs-2"):
         (tmp_path / logs).mkdir()
@@ -32,6 +50,7 @@ def test_trajectories_survive_a_restart(tiny_model_dir, tmp_path):
         with ServerClient(server.url, api_token=API_TOKEN) as client:
             before = {sid: client.trajectory(sid) for sid in conversations}
             client.close_session("ep-3")  # deleted before the restart: stays deleted
+        stop_with_sigterm(server)
     with serve_async(tiny_model_dir, tmp_path / "logs-2", "--journal-dir", str(journal), replicas=1) as server:
         with ServerClient(server.url, api_token=API_TOKEN) as client:
             after = {sid: client.trajectory(sid) for sid in ("ep-0", "ep-1", "ep-2")}
