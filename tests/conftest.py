@@ -51,6 +51,8 @@ def shared_gateway(tiny_model_dir, tmp_path_factory):
         "--reasoning-parser", "qwen3",  # reasoning split from content, as with real Qwen3 models
         # the tests force reasoning + tool calls with a regex: apply it inside <think> too
         "--structured-outputs-config", '{"enable_in_reasoning": true}',
+        # test_weight_sync: adapter-only syncs, and a sync to a stopped replica that fails within seconds
+        "--enable-lora", "--max-lora-rank", "8", "--max-loras", "1", "--weight-sync-timeout", "20",
     )  # fmt: skip
     with server, ServerClient(server.url, api_token=API_TOKEN, timeout=120) as client:
         server.tiny_weights_version = client.weight_version
@@ -103,6 +105,7 @@ SHARED_GATEWAY_MODULES = {
     "test_gateway.py",
     "test_rollout.py",
     "test_vllm_smoke.py",
+    "test_weight_sync.py",
 }
 
 
@@ -110,13 +113,13 @@ SHARED_GATEWAY_MODULES = {
 # under two workers no long module is left for the end while the other worker idles.
 LONG_MODULES = (
     "test_remote_replicas.py",
-    "test_tiny_coder.py",
-    "test_weight_sync.py",
     "test_benchmarks.py",
+    "test_tiny_coder.py",
     "test_journal.py",
-    "test_launch.py",
     "test_stream_derender.py",
     "test_nccl_layout.py",
+    "test_toy_suite.py",
+    "test_collator.py",
 )
 
 
@@ -137,8 +140,12 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: `make test` runs two workers (`-n 2`)
 def pytest_xdist_make_scheduler(config, log):
-    """Give workers whole modules (a module's own servers start once), and the shared gateway's modules as one unit."""
+    """Give workers whole modules (a module's own servers start once), and the shared gateway's modules as one unit,
+    in the order `pytest_collection_modifyitems` made (xdist's default reorders them by test count, which ran the
+    journal's two gateway starts last, while the other worker idled)."""
     from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False
 
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:

@@ -39,8 +39,10 @@ FORCE = {
 def plain_text_bias(tokenizer) -> dict[str, int]:
     """A `logit_bias` that keeps the random model to plain ASCII text: no markup token (`<think>`, `<tool_call>`, ...)
     and no byte of a multi-byte character, whose decoding depends on where a turn or a stream chunk ends (vLLM's
-    incremental detokenizer holds a partial character back; `decode` spells it U+FFFD)."""
-    markup = ["<think>", "</think>", "<tool_call>", "</tool_call>", "<|im_start|>", "<|endoftext|>"]
+    incremental detokenizer holds a partial character back; `decode` spells it U+FFFD). The end-of-turn token is
+    banned too: with `ignore_eos` vLLM writes a sampled `<|im_end|>` into the text, where `decode` skips it (seen
+    once in a 300-token stream); without `ignore_eos` turns run to `max_tokens`."""
+    markup = ["<think>", "</think>", "<tool_call>", "</tool_call>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
     banned = set(tokenizer.convert_tokens_to_ids(markup))
     banned |= {i for i in range(len(tokenizer)) if not tokenizer.decode([i]).isascii()}
     return {str(i): -100 for i in sorted(banned)}

@@ -1,6 +1,8 @@
-"""Weight sync through `trl vllm-serve-async` with 2 CPU replicas: every replica serves exactly the trainer's weights
-after `ServerClient.update_weights`, sessions running during a sync keep their versions, LoRA adapter-only sync, the
-trainer callback, and replicas that stop or die mid-sync. Tests run in file order (the last ones break replicas).
+"""Weight sync through `trl vllm-serve-async` with 2 CPU replicas (the shared gateway, LoRA enabled): every replica
+serves exactly the trainer's weights after `ServerClient.update_weights`, sessions running during a sync keep their
+versions, LoRA adapter-only sync, the trainer callback, a replica that stops mid-sync (and comes back), and one that
+dies mid-sync (its sessions fail, the others go on). Tests run in file order; the one that kills a replica runs last
+in the whole run (`breaks_gateway`, `tests/conftest.py`).
 
 Tolerance: the trainer model and the replicas both run float32 on CPU; they differ only by kernel summation order
 (HF eager attention vs vLLM's CPU attention), which moves logprobs by ~1e-5. `ATOL = 2e-3` keeps margin for that and
@@ -24,7 +26,7 @@ from transformers import AutoModelForCausalLM
 from tests.helpers import trainer_logprobs
 from trl.agents import ServerClient, ServerError
 from trl.agents.client import ADAPTER_NAME
-from trl.agents.testing.servers import API_TOKEN, serve_async
+from trl.agents.testing.servers import API_TOKEN
 
 
 ATOL = 2e-3
@@ -34,12 +36,9 @@ PROMPTS = ["The quick brown fox", "def add(a, b):\n    return", "git diff --stat
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory):
-    """A gateway of its own (not the shared one): LoRA enabled, a short sync timeout, and a test that stops a replica."""
-    lora = ["--enable-lora", "--max-lora-rank", "8", "--max-loras", "1"]
-    logs = tmp_path_factory.mktemp("sync-logs")
-    with serve_async(tiny_model_dir, logs, "--weight-sync-timeout", str(SYNC_TIMEOUT), *lora) as process:
-        yield process
+def server(gateway):
+    """The shared gateway (LoRA enabled, `--weight-sync-timeout` SYNC_TIMEOUT), serving the tiny model's weights."""
+    return gateway
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +98,7 @@ def max_difference(model, server, tokenizer, model_name: str | None = None) -> d
 
 
 def test_sync_makes_every_replica_serve_the_trainer_weights(server, client, tokenizer, trainer_model):
-    assert client.weight_version == 0
+    first, counted = client.weight_version, client.weight_status()  # the shared gateway: modules before synced too
     start = max_difference(trainer_model, server, tokenizer)
     assert all(d <= ATOL for d in start.values()), f"replicas and trainer differ before any change: {start}"
 
@@ -108,15 +107,17 @@ def test_sync_makes_every_replica_serve_the_trainer_weights(server, client, toke
     assert all(d > CHANGED for d in before.values()), f"perturbation too small to detect a sync: {before}"
 
     version = client.update_weights(trainer_model)
-    assert version == 1 == client.weight_version
+    assert version == first + 1 == client.weight_version
     after = max_difference(trainer_model, server, tokenizer)
     assert all(d <= ATOL for d in after.values()), f"replicas differ from the trainer after the sync: {after}"
     assert client.last_sync["bytes"] == sum(p.numel() * 4 for p in trainer_model.parameters())
 
     status = client.weight_status()
-    assert status["syncs"] == 1 and status["failures"] == 0 and not status["syncing"]
+    assert status["syncs"] == counted["syncs"] + 1 and status["failures"] == counted["failures"]
+    assert not status["syncing"]
     metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
-    assert "trl_agents_weight_syncs_total 1" in metrics and "trl_agents_policy_version 1" in metrics
+    assert f"trl_agents_weight_syncs_total {status['syncs']}\n" in metrics
+    assert f"trl_agents_policy_version {version}\n" in metrics
 
 
 def test_sessions_running_during_syncs_complete_with_their_versions(server, client, trainer_model):
@@ -312,9 +313,27 @@ def stopped_replica_case(server, client, trainer_model, tokenizer):
     assert all(d <= ATOL for d in after.values()), f"replicas differ after the recovery sync: {after}"
 
 
-def test_killed_replica_fails_the_sync_by_name_and_survivor_serves_one_version(
+def one_session_per_replica(server, client) -> dict[str, str]:
+    """Open sessions until each replica has one (new sessions go to the replica with fewer live ones, and modules
+    before may have left the shared gateway's replicas unevenly loaded); their ids by replica."""
+    by_replica = {}
+    for i in range(64):
+        sid = f"fault-{i}"
+        chat = openai.OpenAI(base_url=client.session_url(sid), api_key="-", timeout=60, max_retries=0)
+        chat.chat.completions.create(model=server.model, messages=[{"role": "user", "content": "x"}], max_tokens=2)
+        by_replica.setdefault(client.trajectory(sid)["replica"], sid)
+        if len(by_replica) == 2:
+            return by_replica
+    raise AssertionError(f"64 new sessions all went to {set(by_replica)}")
+
+
+@pytest.mark.breaks_gateway
+def test_a_replica_killed_mid_sync_fails_the_sync_by_name_and_only_its_sessions(
     server, client, trainer_model, tokenizer
 ):
+    """Runs last in the whole run (the gateway is shared): SIGKILLs replica-1's process group once a sync is under way.
+    The sync fails naming it, the survivor serves one version, and only replica-1's sessions fail."""
+    by_replica = one_session_per_replica(server, client)
     urls = server.replica_urls()
     pid = replica_pid(urls[1])
     perturb(trainer_model, seed=5)
@@ -340,6 +359,20 @@ def test_killed_replica_fails_the_sync_by_name_and_survivor_serves_one_version(
     assert is_dead(pid)
     survivor = max(compare(trainer_model, urls[0], server.model, tokenizer(p)["input_ids"]) for p in PROMPTS)
     assert survivor <= ATOL, f"replica-0 does not serve the new version: {survivor}"
-    chat = openai.OpenAI(base_url=client.session_url("after-kill"), api_key="-", timeout=60, max_retries=0)
-    chat.chat.completions.create(model=server.model, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
-    assert client.trajectory("after-kill")["segments"][0]["turns"][0]["policy_version"] == client.weight_version
+
+    def turn(sid: str):
+        chat = openai.OpenAI(base_url=client.session_url(sid), api_key="-", timeout=60, max_retries=0)
+        return chat.chat.completions.create(
+            model=server.model, messages=[{"role": "user", "content": "y"}], max_tokens=2
+        )
+
+    with pytest.raises(openai.APIStatusError) as dead:  # the killed replica's session fails, naming it
+        turn(by_replica["replica-1"])
+    assert dead.value.status_code == 503 and "replica-1" in dead.value.message
+    health = httpx.get(f"{server.url}/health", timeout=30)
+    assert health.status_code == 503 and "replica-1" in health.json()["reason"]
+    assert turn(by_replica["replica-0"]).usage.completion_tokens == 2  # the survivor's sessions go on
+    assert turn("after-kill").usage.completion_tokens == 2  # new sessions go to the survivor, on its version
+    recorded = client.trajectory("after-kill")
+    assert recorded["replica"] == "replica-0"
+    assert recorded["segments"][0]["turns"][0]["policy_version"] == client.weight_version
