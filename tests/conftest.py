@@ -135,6 +135,11 @@ def pytest_collection_modifyitems(config, items):
     missing = {item.path.name for item in items if "shared_gateway" in item.fixturenames} - SHARED_GATEWAY_MODULES
     if missing:
         raise pytest.UsageError(f"{sorted(missing)} use the shared gateway: add them to SHARED_GATEWAY_MODULES")
+    stale = sorted(
+        name for name in {*SHARED_GATEWAY_MODULES, *LONG_MODULES} if not (Path(__file__).parent / name).exists()
+    )
+    if stale:
+        raise pytest.UsageError(f"SHARED_GATEWAY_MODULES or LONG_MODULES name modules that do not exist: {stale}")
     items.sort(key=_run_order)  # stable: file order within each rank
 
 
