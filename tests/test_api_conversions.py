@@ -28,6 +28,12 @@ TOOL = {"name": "shell", "description": "Run a command", "input_schema": {"type"
 
 MESSAGES_REQUESTS: dict[str, dict[str, Any]] = {
     "plain": {"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]},
+    "system_messages_between_turns": {  # Claude Code 2.1.337's reminders: a list first, a string on later turns
+        "model": "m", "max_tokens": 16, "system": "Top.",
+        "messages": [{"role": "user", "content": "hi"},
+                     {"role": "system", "content": [{"type": "text", "text": "Reminder.", "cache_control": {"type": "ephemeral"}}]},
+                     {"role": "assistant", "content": "ok"}, {"role": "system", "content": "Again."},
+                     {"role": "system", "content": ""}]},
     "claude_code_like": {
         "model": "m", "max_tokens": 32000, "stream": True, "metadata": {"user_id": "u"},
         "system": [{"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1; cch=abc"},
@@ -65,10 +71,8 @@ MESSAGES_REQUESTS: dict[str, dict[str, Any]] = {
             {"type": "tool_result", "tool_use_id": "t2"}]}],
     },
     # refused today (each a 400 naming what cannot be converted)
-    "refused_system_inside_messages": {
-        "model": "m", "max_tokens": 8,
-        "messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "reminder"}],
-    },
+    "refused_unknown_role": {"model": "m", "max_tokens": 8, "messages": [{"role": "developer", "content": "hi"}]},
+    "refused_system_message_not_text": {"model": "m", "max_tokens": 8, "messages": [{"role": "system", "content": 5}]},
     "refused_no_max_tokens": {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
     "refused_messages_not_a_list": {"model": "m", "max_tokens": 8, "messages": "hi"},
     "refused_mcp_servers": {"model": "m", "max_tokens": 8, "messages": [], "mcp_servers": [{"url": "x"}]},
@@ -229,6 +233,30 @@ def test_the_recording_covers_what_the_gateway_refuses_and_accepts(golden):
                 assert out["status"] == 400 and out["error"], (api, case)
             elif case.startswith("request/"):
                 assert "chat" in out and out["chat"]["messages"], (api, case)
+
+
+CLI_REQUESTS = Path(__file__).parent / "data" / "cli_requests"  # captured from the CLIs (README.md there)
+
+
+@pytest.mark.parametrize("name", ["first", "after_tool"])
+def test_claude_codes_requests_convert_with_its_system_messages_where_they_stand(name):
+    captured = json.loads((CLI_REQUESTS / f"claude_code_2.1.337_{name}.json").read_text())
+    assert captured["path"].endswith("/v1/messages?beta=true")
+    body = captured["body"]
+    chat = messages_api.to_chat(body)
+    inline = [m for m in body["messages"] if m["role"] == "system"]
+    assert inline, "Claude Code 2.1.337 sends system messages between turns: the fixture lost them"
+    expected = ["system"]  # the top-level `system` (its billing-header block dropped)
+    for message in body["messages"]:
+        blocks = message["content"] if isinstance(message["content"], list) else []
+        expected += ["tool"] * sum(b.get("type") == "tool_result" for b in blocks)
+        if message["role"] != "user" or any(b.get("type") == "text" for b in blocks) or not blocks:
+            expected.append(message["role"])
+    assert [m["role"] for m in chat["messages"]] == expected
+    assert "x-anthropic-billing-header" not in chat["messages"][0]["content"]
+    assert [m["content"] for m in chat["messages"] if m["role"] == "system"][1:] == [
+        m["content"] if isinstance(m["content"], str) else "".join(b["text"] for b in m["content"]) for m in inline
+    ]
 
 
 if __name__ == "__main__":  # re-record: python -m tests.test_api_conversions

@@ -93,6 +93,20 @@ def test_anthropic_messages_with_tools_streaming_and_not(gateway, tiny_model_dir
     assert first_prompt(segment) == vllm_prompt  # the conversion renders what vLLM's own /v1/messages renders
 
 
+def test_system_messages_between_turns_render_as_vllms_route_does(gateway, tiny_model_dir):
+    """Claude Code 2.1.337 puts reminders in `role: "system"` messages between turns (tests/data/cli_requests):
+    recorded as system messages where they stand, the prompt is the one vLLM's own /v1/messages renders."""
+    sid = "anthropic-inline-system"
+    client = anthropic.Anthropic(base_url=f"{gateway.url}/sessions/{sid}", api_key="-", max_retries=0, timeout=120)
+    reminder = [{"type": "text", "text": "Reminder: be brief.", "cache_control": {"type": "ephemeral"}}]
+    request = {"model": tiny_model_dir, "max_tokens": 4, "system": "You are a careful agent.",
+               "messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": reminder}]}  # fmt: skip
+    reply = client.messages.create(**request)
+    assert reply.usage.output_tokens >= 1
+    segment, _ = append_only(gateway, sid, turns=1)
+    assert first_prompt(segment) == render(gateway, "/v1/messages/render", request)
+
+
 def test_openai_responses_with_tools_streaming_and_previous_response_id(gateway, tiny_model_dir, tokenizer, plain):
     sid = "responses-tools"
     client = openai.OpenAI(base_url=f"{gateway.url}/sessions/{sid}/v1", api_key="unused", max_retries=0, timeout=120)

@@ -5,7 +5,8 @@ A `/sessions/{sid}/v1/messages` turn is a chat turn with another wire format: th
 recorded by the chat pipeline (`recording.py`: delta rendering, vLLM's chat template, tool and reasoning parsers,
 forks), and vLLM's chat answer is converted back. The conversion follows what vLLM's own `/v1/messages` does, so the
 prompt the engine sees is the one vLLM would render (`tests/test_apis.py` checks it against `/v1/messages/render`):
-`system` becomes a system message (without Claude Code's per-request billing-header block); `tool_result` blocks become tool messages, placed before the rest of their user
+`system` becomes a system message (without Claude Code's per-request billing-header block), and so does a message of role
+`system` between turns, where it stands; `tool_result` blocks become tool messages, placed before the rest of their user
 message; `tool_use` blocks become tool calls and `thinking` blocks reasoning of the assistant message; tools take
 their `input_schema` as parameters; `thinking: {type: disabled}` sets the template variable `enable_thinking` to false
 (what Qwen3-style templates read; vLLM's own route sets a reasoning effort instead). Fields outside the Messages API (vLLM's extensions such as
@@ -68,7 +69,8 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
     return chat
 
 
-def _system(system: Any) -> list[dict[str, Any]]:
+def _system(system: Any, where: str = "`system`") -> list[dict[str, Any]]:
+    """The system message of a string or a list of text blocks (`cache_control` and the billing header dropped)."""
     if not system:
         return []
     if isinstance(system, str):
@@ -77,14 +79,18 @@ def _system(system: Any) -> list[dict[str, Any]]:
         texts = [b.get("text") or "" for b in system if isinstance(b, dict) and b.get("type") == "text"]
         text = "".join(t for t in texts if isinstance(t, str) and not t.startswith(BILLING_HEADER))
         return [{"role": "system", "content": text}] if text else []
-    raise GatewayError(400, "`system` must be a string or a list of text blocks")
+    raise GatewayError(400, f"{where} must be a string or a list of text blocks")
 
 
 def _message(message: dict[str, Any]) -> list[dict[str, Any]]:
-    """The chat messages of one Messages message: tool results first (as tool messages), then the message itself."""
+    """The chat messages of one Messages message: tool results first (as tool messages), then the message itself.
+    A `system` message (Claude Code sends its reminders so, between turns) stays a system message where it stands,
+    which is what vLLM's own route renders for templates that take a system message after the first."""
     role, content = message.get("role"), message.get("content")
+    if role == "system":
+        return _system(content, "a system message's `content`")
     if role not in ("user", "assistant"):
-        raise GatewayError(400, f"message role must be 'user' or 'assistant', not {role!r}")
+        raise GatewayError(400, f"message role must be 'user', 'assistant' or 'system', not {role!r}")
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     if not isinstance(content, list):
