@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import plain_text_bias
 from trl.agents import ServerClient
 from trl.agents.testing.servers import API_TOKEN, serve_async
 from trl.agents.tiny_model import build
@@ -24,6 +25,12 @@ from trl.agents.tiny_model import build
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     return str(build(tmp_path_factory.mktemp("tiny-model")))
+
+
+@pytest.fixture(scope="session")
+def plain_bias(tokenizer) -> dict[str, int]:
+    """`tests.helpers.plain_text_bias` of the tiny model: a `logit_bias` that keeps it to plain ASCII text."""
+    return plain_text_bias(tokenizer)
 
 
 @pytest.fixture(scope="session")

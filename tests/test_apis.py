@@ -13,7 +13,7 @@ import litellm
 import openai
 import pytest
 
-from tests.helpers import AUTH, FORCE, FORCED_TURN, TOOLS, plain_text_bias, sampled_runs, trajectory
+from tests.helpers import AUTH, FORCE, FORCED_TURN, TOOLS, sampled_runs, trajectory
 from trl.agents.server.gateway import Gateway, GatewayConfig
 from trl.agents.server.upstream import UpstreamError
 
@@ -27,9 +27,9 @@ CALL = {"command": "ls", "all": True}
 
 
 @pytest.fixture(scope="module")
-def plain(tokenizer):
+def plain(plain_bias):
     """Sampling settings for a free turn whose text is content only (plain ASCII text, no thinking)."""
-    return {"logit_bias": plain_text_bias(tokenizer), "chat_template_kwargs": {"enable_thinking": False}}
+    return {"logit_bias": plain_bias, "chat_template_kwargs": {"enable_thinking": False}}
 
 
 def first_prompt(segment: dict) -> list[int]:

@@ -15,13 +15,8 @@ import litellm
 import openai
 import pytest
 
-from tests.helpers import AUTH, FORCE, TOOLS, plain_text_bias, sampled_runs, trajectory, upstream_calls
+from tests.helpers import AUTH, FORCE, TOOLS, sampled_runs, trajectory, upstream_calls
 from trl.agents.server.recording import STATEFUL_DERENDER, cut_at_stop_string
-
-
-@pytest.fixture(scope="module")
-def no_markup(tokenizer):
-    return plain_text_bias(tokenizer)
 
 
 def session_client(gateway, sid: str) -> openai.OpenAI:
@@ -66,11 +61,11 @@ def test_openai_chat_with_tools_streaming_and_not(gateway, tiny_model_dir):
 
 
 def test_a_streamed_turn_leaves_as_it_is_sampled_and_is_recorded_exactly(
-    gateway, tiny_model_dir, tokenizer, no_markup
+    gateway, tiny_model_dir, tokenizer, plain_bias
 ):
     client = session_client(gateway, "live-stream")
     messages = [{"role": "user", "content": "Tell me a long story."}]
-    extra = {"logit_bias": no_markup, "ignore_eos": True, "return_token_ids": True,
+    extra = {"logit_bias": plain_bias, "ignore_eos": True, "return_token_ids": True,
              "chat_template_kwargs": {"enable_thinking": False}}  # fmt: skip
     warm_up = session_client(gateway, "live-stream-warm-up")  # the first streamed turn of a server warms it up
     list(warm_up.chat.completions.create(model=tiny_model_dir, messages=messages, max_tokens=4, stream=True))
@@ -173,7 +168,7 @@ def test_litellm_chat_with_tools_and_completions(gateway, tiny_model_dir, stream
     assert len(trajectory(gateway, f"{sid}-text")["segments"][0]["turns"]) == 1
 
 
-def test_64_concurrent_sessions_are_recorded_token_exactly(gateway, tiny_model_dir, tokenizer, no_markup):
+def test_64_concurrent_sessions_are_recorded_token_exactly(gateway, tiny_model_dir, tokenizer, plain_bias):
     turns = 5
 
     async def episode(client: openai.AsyncOpenAI, i: int) -> list[tuple[str, list[int]]]:
@@ -186,7 +181,7 @@ def test_64_concurrent_sessions_are_recorded_token_exactly(gateway, tiny_model_d
                 max_tokens=12,
                 extra_body={
                     "return_token_ids": True,
-                    "logit_bias": no_markup,  # plain ASCII text, no markup: the text is content only
+                    "logit_bias": plain_bias,  # plain ASCII text, no markup: the text is content only
                     "chat_template_kwargs": {"enable_thinking": False},  # everything sampled is content
                 },
             )
@@ -243,13 +238,13 @@ def test_a_turn_that_samples_only_the_stop_token_has_empty_content(gateway, tiny
     assert [ids for ids in sampled_runs(segment)] == [[end], [end]]  # the stop token stays in the recording
 
 
-def test_stop_strings_still_end_a_recorded_turn(gateway, tiny_model_dir, tokenizer, no_markup):
+def test_stop_strings_still_end_a_recorded_turn(gateway, tiny_model_dir, tokenizer, plain_bias):
     """The gateway asks the replica not to detokenize, except when the request has stop strings: those are matched
     on the text, so they must keep working (the reply ends before the string, finish_reason "stop")."""
     messages = [{"role": "user", "content": "Write a long story."}]
     settings = {
         "model": tiny_model_dir, "messages": messages, "max_tokens": 48, "temperature": 1.0, "seed": 1234,
-        "extra_body": {"logit_bias": no_markup, "ignore_eos": True, "chat_template_kwargs": {"enable_thinking": False}},
+        "extra_body": {"logit_bias": plain_bias, "ignore_eos": True, "chat_template_kwargs": {"enable_thinking": False}},
     }  # fmt: skip
     free = session_client(gateway, "no-stop").chat.completions.create(**settings)
     text = free.choices[0].message.content
